@@ -1,0 +1,34 @@
+# The two set-up commands of README: `make demo` and `make test`. Both work on a fresh machine.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+DEMO   := dist/demo
+
+.PHONY: demo test lint docs clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned in constraints.txt: any other version would pull several GB of CUDA.
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/edgepack train --model seed-cnn --data digits --epochs 15 --out $(DEMO)/seed-cnn.pt --force
+	$(BIN)/edgepack run --model seed-cnn --weights $(DEMO)/seed-cnn.pt --data digits \
+		--target x86_64 --out $(DEMO)/seed-cnn --force
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+docs: $(STAMP)
+	$(BIN)/python -m exporter.docs
+
+clean:
+	rm -rf $(VENV) dist build *.egg-info

@@ -1,0 +1,78 @@
+"""Atomic output: write to a temporary sibling, then rename over the target.
+
+A crash, Ctrl-C or a full disk never leaves a half-written artifact under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from exporter.errors import OutputExistsError
+
+
+def check_writable(path: Path, force: bool) -> None:
+    """Refuse to replace an existing output unless ``force`` is set."""
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} already exists (use --force to overwrite it)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``.
+
+    The caller writes the temp file however it likes (``onnx.save``, ``np.savez``, ...).
+    On any exception the temp file is removed and ``path`` is left untouched.
+    """
+    final = Path(path)
+    check_writable(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, force: bool = True) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path, force=force) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, force: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), force=force)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Build a whole output directory in a temp sibling and move it into place at the end.
+
+    With ``force`` an existing directory is replaced only once the new one is complete.
+    """
+    final = Path(path)
+    check_writable(final, force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

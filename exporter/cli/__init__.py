@@ -1,0 +1,44 @@
+"""The ``edgepack`` command: a click group, one module per subcommand.
+
+Errors a user can cause (:class:`~exporter.errors.EdgepackError`) become one line on stderr and
+their exit code; nothing else is caught, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import click
+
+from exporter import __version__
+from exporter.errors import EdgepackError
+
+
+class EdgepackGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgepackError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; no partial output was left", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=EdgepackGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepack")
+def cli() -> None:
+    """Compress a PyTorch CNN, export it to ONNX and TFLite, and validate it on its target."""
+
+
+def _register() -> None:
+    from exporter.cli import inspect_cmd, ops_cmd, run_cmd, targets_cmd, train_cmd
+
+    for module in (run_cmd, train_cmd, targets_cmd, inspect_cmd, ops_cmd):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli.main(prog_name="edgepack")

@@ -1,0 +1,55 @@
+"""``edgepack run``: the one-shot compress -> export -> validate -> report command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from exporter.cli.options import FLOATS
+from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
+
+
+@click.command("run")
+@click.pass_context
+@click.option("--model", required=True,
+              help="seed-cnn | resnet8 | file.py:Factory | module:Factory | model.pt2 | model.onnx")
+@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict (.pt), loaded weights-only")
+@click.option("--data", default="digits", show_default=True,
+              help="digits | npz:PATH | imagefolder:DIR | cifar10:DIR")
+@click.option("--eval-data", help="separate eval data (default: a seeded hold-out split of --data)")
+@click.option("--target", default="x86_64", show_default=True, help="target name or recipe .toml")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="output directory (default dist/<model name>)")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="override a recipe key, e.g. --set compress.prune.sparsity=0.5 (repeatable)")
+@click.option("--sparsity", type=float, help="shortcut for --set compress.prune.sparsity=")
+@click.option("--epochs", type=int, help="shortcut for --set compress.finetune.epochs=")
+@click.option("--mean", type=FLOATS, help="per-channel mean after /255 (default: data statistics)")
+@click.option("--std", type=FLOATS, help="per-channel std after /255")
+@click.option("--force", is_flag=True, help="replace an existing --out directory")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars or table")
+@click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsity, epochs, mean, std,
+            force, quiet, as_json):
+    """Compress MODEL, export ONNX and TFLite, validate every artifact on TARGET, report.
+
+    Exit code 0 when every budget holds, 1 when one fails, 2 for bad input.
+    """
+    from exporter.pipeline import REPORT, RunOptions, run
+
+    extra = list(overrides)
+    if sparsity is not None:
+        extra.append(f"compress.prune.sparsity={sparsity}")
+    if epochs is not None:
+        extra.append(f"compress.finetune.epochs={epochs}")
+    out = out or Path("dist") / Path(model.split(":")[-1]).stem.lower()
+    result = run(RunOptions(model=model, out=out, weights=weights, data=data, eval_data=eval_data,
+                            target=target, overrides=tuple(extra), mean=mean, std=std,
+                            force=force, quiet=quiet or as_json))
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2))
+    elif not quiet:
+        click.echo(f"report: {out / REPORT}")
+    ctx.exit(EXIT_OK if result.passed else EXIT_BUDGET_FAILED)

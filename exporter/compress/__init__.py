@@ -1,0 +1,95 @@
+"""Compression stage: magnitude pruning (one-shot or gradual with fine-tuning), then rounding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from exporter.compress.prune import (
+    MaskSet,
+    cubic_sparsity,
+    layer_sparsity,
+    magnitude_masks,
+    prunable_weights,
+    prune_model,
+)
+from exporter.compress.rounding import round_to_grid
+from exporter.errors import DataError
+from exporter.progress import Progress
+from exporter.recipe import CompressSpec
+from exporter.training import TrainConfig, train
+
+# Fraction of fine-tuning over which gradual pruning ramps up; the rest recovers accuracy.
+RAMP_FRACTION = 0.7
+# Masks are recomputed this many times during the ramp.
+RAMP_UPDATES = 20
+
+
+@dataclass
+class CompressionResult:
+    method: str
+    target_sparsity: float | None
+    threshold: float | None
+    scope: str
+    finetune_epochs: int
+    finetune_loss: list[float] = field(default_factory=list)
+    rounding: dict[str, float] = field(default_factory=dict)
+    layers: list[dict] = field(default_factory=list)
+    pruned_fraction: float = 0.0  # zeros / prunable weights (excluded layers not counted)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | None,
+             train_labels: np.ndarray | None, *, progress: Progress | None = None) -> CompressionResult:
+    """Prune, fine-tune and round ``model`` in place as the recipe says."""
+    prune, ft = spec.prune, spec.finetune
+    weights = prunable_weights(model, prune.exclude)
+    does_prune = prune.sparsity is not None or prune.threshold is not None
+    wants_ft = ft.epochs > 0
+    if wants_ft and (train_inputs is None or len(train_inputs) == 0):
+        raise DataError("compress.finetune.epochs > 0 needs training data (--data)")
+    gradual = does_prune and wants_ft and prune.schedule == "gradual" and prune.sparsity is not None
+    method = "none"
+    if does_prune:
+        method = ("gradual magnitude" if gradual else "one-shot magnitude") + \
+            (" + fine-tune" if wants_ft else "")
+    result = CompressionResult(method, prune.sparsity, prune.threshold, prune.scope, ft.epochs)
+
+    masks: MaskSet | None = None
+    if does_prune and not gradual:
+        masks = prune_model(model, sparsity=prune.sparsity, threshold=prune.threshold,
+                            scope=prune.scope, exclude=prune.exclude)
+    if wants_ft:
+        state = {"masks": masks}
+        hook = None
+        if gradual:
+            def hook(step: int, total: int) -> None:
+                end = max(1, int(total * RAMP_FRACTION))
+                every = max(1, end // RAMP_UPDATES)
+                if step % every == 0 or step == end:
+                    s = cubic_sparsity(min(step + every, end), prune.sparsity, end)
+                    new = magnitude_masks({n: p.detach() for n, p in weights.items()},
+                                          sparsity=s, scope=prune.scope)
+                    state["masks"] = MaskSet(weights, new)
+                    state["masks"].apply()
+
+        def after() -> None:
+            if state["masks"] is not None:
+                state["masks"].apply()
+
+        cfg = TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed)
+        result.finetune_loss = train(model, train_inputs, train_labels, cfg, step_hook=hook,
+                                     after_step=after, progress=progress, label="fine-tune")
+        if gradual:
+            # The final masks must be exactly at the target, whatever the step count was.
+            prune_model(model, sparsity=prune.sparsity, scope=prune.scope, exclude=prune.exclude)
+    result.rounding = round_to_grid(weights, step=spec.round.step, bits=spec.round.bits)
+    result.layers = layer_sparsity(model)
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    result.pruned_fraction = zeros / max(1, total)
+    return result

@@ -1,0 +1,141 @@
+"""ONNX fp32 export from torch, and reading ONNX files with one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+from torch import nn
+
+from exporter.atomic import atomic_path
+from exporter.errors import ConversionError, InputFileError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx's dynamo exporter talks a lot on stdout and in logging; keep it for errors."""
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "onnxscript", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+            warnings.simplefilter("ignore")
+            yield sink
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: str | Path, *,
+                opset: int = 18, force: bool = True) -> Path:
+    """Export ``module`` (eval mode) to a single-file ONNX model with a dynamic batch axis.
+
+    The dynamo exporter's optimiser folds BatchNorm into the preceding conv and drops Dropout;
+    the result is checked with ``onnx.checker`` and shape inference before it is renamed into place.
+    """
+    module = module.eval()
+    example = torch.zeros(1, *input_shape)
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, external_data=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            )
+            model = program.model_proto
+    except Exception as exc:  # the exporter raises many types; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"torch.onnx.export failed: {first}") from None
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    with atomic_path(path, force=force) as tmp:
+        onnx.save_model(model, str(tmp))
+    return Path(path)
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Load and check an ONNX file; a missing, truncated or invalid file is an InputFileError."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"ONNX file {path} not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise InputFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise InputFileError(f"{path}: not a valid ONNX model (no graph nodes)")
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in init.external_data}.get("location", "?")
+            if not (path.parent / loc).is_file():
+                raise InputFileError(f"{path}: external data file '{loc}' for tensor "
+                                     f"'{init.name}' is missing")
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputFileError(f"{path}: invalid ONNX model ({first})") from None
+    return model
+
+
+def onnx_input_shape(model: onnx.ModelProto) -> tuple[list[int | str], str]:
+    """The first graph input's shape (symbolic dims as strings) and name."""
+    init_names = {i.name for i in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    if not inputs:
+        raise InputFileError("ONNX model has no graph input")
+    dims = []
+    for d in inputs[0].type.tensor_type.shape.dim:
+        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
+    return dims, inputs[0].name
+
+
+def describe_onnx(path: str | Path) -> dict:
+    """Ops, parameters, per-tensor sparsity and bytes of an ONNX model (for `edgepack inspect`)."""
+    path = Path(path)
+    model = load_onnx(path)
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    tensors = []
+    params = zeros = 0
+    for init in model.graph.initializer:
+        arr = numpy_helper.to_array(init)
+        nz = int(np.count_nonzero(arr == 0))
+        params += arr.size
+        zeros += nz
+        tensors.append({"name": init.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
+                        "bytes": int(arr.nbytes), "sparsity": nz / max(1, arr.size)})
+    for sp in model.graph.sparse_initializer:
+        dense = numpy_helper.to_array(sp.values)
+        size = int(np.prod(list(sp.dims)))
+        params += size
+        zeros += size - dense.size
+        tensors.append({"name": sp.values.name, "shape": list(sp.dims), "dtype": str(dense.dtype),
+                        "bytes": int(dense.nbytes), "sparsity": 1 - dense.size / max(1, size),
+                        "storage": "sparse"})
+    shape, name = onnx_input_shape(model)
+    return {
+        "path": str(path), "format": "onnx", "bytes": path.stat().st_size,
+        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                     default=None),
+        "input": {"name": name, "shape": shape},
+        "outputs": [o.name for o in model.graph.output],
+        "ops": ops, "params": params, "zeros": zeros,
+        "sparsity": zeros / max(1, params), "tensors": tensors,
+    }

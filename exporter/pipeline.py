@@ -1,0 +1,209 @@
+"""The one-shot pipeline: model -> compress -> ONNX fp32 -> TFLite fp32 -> validate -> report.
+
+Each stage is a function from files to files; this module only sequences them and builds
+the output directory atomically (nothing appears under --out unless the run completes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from exporter import __version__
+from exporter.artifacts import Artifact
+from exporter.atomic import atomic_dir
+from exporter.compress import compress
+from exporter.data import check_fits
+from exporter.errors import DataError, RuntimeCheckError
+from exporter.models.complexity import count_params_macs
+from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape
+from exporter.prepare import (
+    build_torch_model,
+    check_model_output,
+    resolve_normalization,
+    split_data,
+)
+from exporter.progress import Progress, make_progress, stderr_console
+from exporter.recipe import Recipe, load_recipe
+from exporter.report import build_report, print_table, write_report
+from exporter.training import accuracy, predict
+from runtime_check.runners import CheckOptions, LocalRunner, RunnerError
+
+ONNX_FP32 = "model.fp32.onnx"
+TFLITE_FP32 = "model.fp32.tflite"
+EVAL_BATCH = "eval_batch.npz"
+REPORT = "report.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    model: str
+    out: Path
+    weights: str | None = None
+    data: str = "digits"
+    eval_data: str | None = None
+    target: str = "x86_64"
+    overrides: tuple[str, ...] = ()
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    force: bool = False
+    quiet: bool = False
+
+
+@dataclass
+class RunResult:
+    report: dict
+    out: Path
+    artifacts: list[Artifact] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"])
+
+
+def _onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    fixed_one = sess.get_inputs()[0].shape[0] == 1
+    step = 1 if fixed_one else 256
+    return np.concatenate([sess.run(None, {name: inputs[i:i + step]})[0]
+                           for i in range(0, len(inputs), step)])
+
+
+def _check_onnx_fits(path: Path, chw: tuple[int, int, int]) -> None:
+    dims, _ = onnx_input_shape(load_onnx(path))
+    tail = tuple(dims[1:])
+    if len(dims) != 4 or any(not isinstance(d, int) for d in tail) or tail != chw:
+        c, h, w = chw
+        raise DataError(f"{path} takes input {dims} but the data is [N,{c},{h},{w}]")
+
+
+def _check_labels(splits, chw: tuple[int, int, int], num_classes: int) -> None:
+    check_fits(splits.eval, chw, num_classes)
+    check_fits(splits.train, chw, num_classes)
+
+
+def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
+    from exporter.tflite import convert_onnx_file
+
+    res = convert_onnx_file(onnx_path, out_dir / TFLITE_FP32,
+                            input_layout=recipe.export.input_layout)
+    return Artifact(TFLITE_FP32, "tflite", "fp32", "dense",
+                    {"op_counts": res.op_counts, "transpose_count": res.transpose_count,
+                     "input_layout": res.input_layout, "conversion_s": round(res.seconds, 3)})
+
+
+def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
+    """Run every stage and return the report; raises EdgepackError on bad input."""
+    recipe = load_recipe(opts.target, opts.overrides)
+    console = stderr_console(opts.quiet)
+    own_progress = progress is None
+    progress = progress or make_progress(opts.quiet)
+    with progress:
+        result = _run(opts, recipe, progress, console)
+    if own_progress and not opts.quiet:
+        print_table(result.report, console)
+    return result
+
+
+def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunResult:
+    full, splits = split_data(opts.data, opts.eval_data, recipe.eval)
+    norm = resolve_normalization(full, opts.mean, opts.std, opts.weights)
+    chw = full.image_shape
+    loaded = build_torch_model(opts.model, opts.weights, full)
+    eval_x = norm.apply(splits.eval.images)
+    eval_y = splits.eval.labels
+
+    with atomic_dir(opts.out, force=opts.force) as tmp:
+        artifacts: list[Artifact] = []
+        extra: dict = {}
+        if loaded.is_onnx:
+            _check_onnx_fits(loaded.onnx_path, chw)
+            ref_logits = _onnx_logits(loaded.onnx_path, eval_x)
+            num_classes = ref_logits.shape[1]
+            _check_labels(splits, chw, num_classes)
+            (tmp / ONNX_FP32).write_bytes(loaded.onnx_path.read_bytes())
+            params = macs = None
+            extra["compression"] = {"method": "skipped: the model entered as ONNX"}
+        else:
+            module = loaded.module
+            num_classes = check_model_output(module, splits.eval, norm)
+            _check_labels(splits, chw, num_classes)
+            params, macs = count_params_macs(module, chw)
+            ref_logits = predict(module, eval_x)
+            compressed = copy.deepcopy(module)
+            train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
+            comp = compress(compressed, recipe.compress, train_x, splits.train.labels,
+                            progress=progress)
+            comp_logits = predict(compressed, eval_x)
+            extra["compression"] = {**comp.to_dict(),
+                                    "torch_accuracy": accuracy(comp_logits, eval_y)}
+            task = progress.add_task("export ONNX", total=1)
+            export_onnx(compressed, chw, tmp / ONNX_FP32, opset=recipe.export.opset)
+            onnx_logits = _onnx_logits(tmp / ONNX_FP32, eval_x[:64])
+            extra["export"] = {"onnx_vs_torch_max_abs_diff":
+                               float(np.abs(onnx_logits - comp_logits[:64]).max())}
+            progress.update(task, advance=1)
+        artifacts.append(Artifact(ONNX_FP32, "onnx", "fp32", "dense"))
+        if "tflite" in recipe.export.formats:
+            task = progress.add_task("export TFLite", total=1)
+            artifacts.append(_export_tflite(tmp / ONNX_FP32, tmp, recipe))
+            progress.update(task, advance=1)
+
+        np.savez(tmp / EVAL_BATCH, inputs=eval_x, labels=eval_y,
+                 reference_logits=ref_logits.astype(np.float32),
+                 images=splits.eval.images)
+        check = _validate(tmp, artifacts, recipe, progress)
+        reference = {"accuracy": accuracy(ref_logits, eval_y), "params": params, "macs": macs,
+                     "samples": int(len(eval_y))}
+        report = build_report(
+            target={"name": recipe.name, "source": recipe.source, "device": recipe.device.kind,
+                    "description": recipe.description},
+            model={"spec": opts.model, "weights": opts.weights, "input_shape": list(chw),
+                   "classes": list(full.classes)},
+            data={"train": splits.train.source, "train_images": len(splits.train),
+                  "eval": splits.eval.source, "eval_images": len(splits.eval),
+                  "eval_note": splits.eval_note,
+                  "normalization": {"mean": list(norm.mean), "std": list(norm.std),
+                                    "source": norm.source}},
+            recipe=recipe.to_dict(), reference=reference, artifacts=artifacts, check=check,
+            extra={**extra, "edgepack_version": __version__},
+        )
+        write_report(report, tmp / REPORT)
+    return RunResult(report, opts.out, artifacts)
+
+
+def _validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe,
+              progress: Progress) -> dict:
+    rt = recipe.runtime
+    wanted = {"onnx": "onnxruntime", "tflite": "litert"}
+    options = CheckOptions(threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
+                           delegate=rt.delegate)
+    runner = LocalRunner()
+    merged: dict = {"results": []}
+    task = progress.add_task("validate", total=len(artifacts))
+    for art in artifacts:
+        progress.update(task, description=f"validate {art.path}")
+        if wanted[art.format] not in rt.runtimes:
+            merged["results"].append({"path": art.path, "status": "skipped",
+                                      "reason": f"{wanted[art.format]} not in the recipe's runtimes"})
+        else:
+            try:
+                res = runner.run([out_dir / art.path], out_dir / EVAL_BATCH, options)
+            except RunnerError as exc:
+                raise RuntimeCheckError(str(exc)) from None
+            merged.update({k: v for k, v in res.items() if k != "results"})
+            merged["results"].extend(res["results"])
+        progress.update(task, advance=1)
+    return merged
+
+
+def load_report(out_dir: Path) -> dict:
+    return json.loads((out_dir / REPORT).read_text())

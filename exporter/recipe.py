@@ -1,0 +1,321 @@
+"""Target recipes: TOML files in ``targets/`` loaded into validated frozen dataclasses.
+
+Every key is declared once, in the dataclasses below, with its type and allowed values; the
+loader walks the TOML against them so an unknown key, a wrong type or a value out of range is
+an error that names the file, the key and what is allowed. Documented in docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from exporter.errors import RecipeError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+
+def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None = None,
+          hi: float | None = None, lo_open: bool = False, hi_open: bool = False, doc: str = ""):
+    """A recipe field: its default, allowed values and one line of documentation."""
+    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
+            "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    kind: str = _spec("local", choices=("local", "qemu", "ssh"),
+                      doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH")
+    cpu: str | None = _spec(None, doc="QEMU CPU model (e.g. cortex-a72); informational for local/ssh")
+    host: str | None = _spec(None, doc="user@host[:port] for ssh targets")
+    python: str = _spec("python3", doc="python interpreter on the device")
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    runtimes: list[str] = _spec(["onnxruntime", "litert"], choices=("onnxruntime", "litert"),
+                                doc="runtimes used to validate artifacts")
+    threads: int = _spec(1, lo=1, hi=256, doc="intra-op threads for every runtime")
+    warmup: int = _spec(10, lo=0, hi=100000, doc="untimed runs before latency is measured")
+    runs: int = _spec(100, lo=1, hi=1000000, doc="timed batch-1 runs for p50/p90/mean")
+    delegate: str = _spec("xnnpack", choices=("xnnpack", "none"),
+                          doc="LiteRT: default XNNPACK delegate, or builtin kernels only")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    formats: list[str] = _spec(["onnx", "tflite"], choices=("onnx", "tflite"),
+                               doc="artifact formats to write")
+    opset: int = _spec(18, lo=17, hi=23, doc="ONNX opset")
+    input_layout: str = _spec("nhwc", choices=("nhwc", "nchw"),
+                              doc="TFLite input layout (nchw adds one boundary TRANSPOSE)")
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    sparsity: float | None = _spec(None, lo=0.0, hi=1.0, hi_open=True,
+                                   doc="fraction of prunable weights set to zero (by |w|)")
+    threshold: float | None = _spec(None, lo=0.0, doc="zero every weight with |w| below this")
+    scope: str = _spec("global", choices=("global", "layer"),
+                       doc="rank |w| across all prunable layers, or within each layer")
+    exclude: list[str] = _spec(["first_conv", "last_fc"],
+                               doc="layers left dense: module names or first_conv / last_fc")
+    schedule: str = _spec("gradual", choices=("gradual", "oneshot"),
+                          doc="gradual: Zhu & Gupta cubic ramp during fine-tuning")
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    epochs: int = _spec(0, lo=0, hi=1000, doc="fine-tuning epochs after/while compressing")
+    lr: float = _spec(0.01, lo=0.0, lo_open=True, doc="SGD learning rate")
+    batch_size: int = _spec(64, lo=1, hi=65536, doc="training batch size")
+    seed: int = _spec(0, lo=0, doc="seed for shuffling and initialisation")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    step: float | None = _spec(None, lo=0.0, lo_open=True,
+                               doc="grid step alpha: w <- round(w / alpha) * alpha")
+    bits: int | None = _spec(None, lo=2, hi=16,
+                             doc="per-layer alpha = max|w| / (2^(bits-1) - 1)")
+
+
+@dataclass(frozen=True)
+class CompressSpec:
+    prune: PruneSpec = field(default_factory=PruneSpec)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    round: RoundSpec = field(default_factory=RoundSpec)
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    samples: int = _spec(2000, lo=1, doc="at most this many eval images are validated")
+    holdout: float = _spec(0.2, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                           doc="fraction of --data held out when --eval-data is not given")
+    seed: int = _spec(0, lo=0, doc="seed of the stratified hold-out split")
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    max_accuracy_drop: float = _spec(1.0, lo=0.0, doc="points of top-1 below the original model")
+    min_agreement: float | None = _spec(None, lo=0.0, hi=1.0,
+                                        doc="fraction of top-1 equal to the original model")
+    max_latency_p90_ms: float | None = _spec(None, lo=0.0, lo_open=True,
+                                             doc="p90 batch-1 latency")
+    max_bytes: int | None = _spec(None, lo=1, doc="artifact file size")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = _spec("custom", doc="set from the file name")
+    description: str = _spec("", doc="one line shown by `edgepack targets`")
+    device: DeviceSpec = field(default_factory=DeviceSpec)
+    runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
+    export: ExportSpec = field(default_factory=ExportSpec)
+    compress: CompressSpec = field(default_factory=CompressSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    budgets: BudgetSpec = field(default_factory=BudgetSpec)
+    source: str = _spec("", doc="file the recipe came from (set by the loader)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Keys the loader sets itself; a user may not write them.
+_INTERNAL = {"name", "source"}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _check_scalar(value: Any, tp: Any, where: str, meta: dict) -> Any:
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a declaration bug, not user input
+        raise TypeError(tp)
+    if not ok:
+        raise RecipeError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise RecipeError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        bound = ">" if meta.get("lo_open") else ">="
+        raise RecipeError(f"{where}: {value!r} is out of range (must be {bound} {lo})")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        bound = "<" if meta.get("hi_open") else "<="
+        raise RecipeError(f"{where}: {value!r} is out of range (must be {bound} {hi})")
+    return value
+
+
+def _build(cls: type, data: dict, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    allowed = [n for n in fields if n not in _INTERNAL]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields or key in _INTERNAL:
+            raise RecipeError(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)})")
+        path = f"{where}.{key}" if where.count(":") else f"{where}:{key}"
+        tp, _optional = _unwrap_optional(hints[key])
+        meta = fields[key].metadata
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{path}: expected a [section], got {value!r}")
+            kwargs[key] = _build(tp, value, path)
+        elif typing.get_origin(tp) is list:
+            (item_tp,) = typing.get_args(tp)
+            if not isinstance(value, list):
+                raise RecipeError(f"{path}: expected a list, got {value!r}")
+            kwargs[key] = [_check_scalar(v, item_tp, path, meta) for v in value]
+        else:
+            kwargs[key] = _check_scalar(value, tp, path, meta)
+    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_target(name_or_path: str) -> Path:
+    """A built-in target name (``x86_64``) or a path to a TOML file."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise RecipeError(f"recipe file {candidate} not found")
+        return candidate
+    builtin = TARGETS_DIR / f"{name_or_path}.toml"
+    if not builtin.is_file():
+        known = ", ".join(available_targets()) or "none"
+        raise RecipeError(f"unknown target '{name_or_path}' (known: {known})")
+    return builtin
+
+
+def available_targets() -> list[str]:
+    return sorted(p.stem for p in TARGETS_DIR.glob("*.toml"))
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict:
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(p.stem for p in (*seen, path))
+        raise RecipeError(f"{path}: 'extends' cycle ({chain})")
+    data = _read_toml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}:extends: expected a target name or path, got {parent!r}")
+    parent_path = Path(parent)
+    if not parent_path.is_absolute() and parent.endswith(".toml"):
+        parent_path = path.parent / parent
+    base = _load_raw(resolve_target(str(parent_path) if parent.endswith(".toml") else parent),
+                     (*seen, path))
+    return _deep_merge(base, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``section.key=value`` -> (["section", "key"], value); the value is read as TOML."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    parts = [p.strip() for p in key.strip().split(".") if p.strip()]
+    if not parts:
+        raise RecipeError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word such as `layer` is taken as a string
+    return parts, value
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Load, merge ``extends`` chains and ``--set`` overrides, and validate."""
+    path = resolve_target(name_or_path)
+    data = _load_raw(path, ())
+    for text in overrides:
+        parts, value = parse_override(text)
+        patch: dict = {parts[-1]: value}
+        for part in reversed(parts[:-1]):
+            patch = {part: patch}
+        data = _deep_merge(data, patch)
+    recipe = _build(Recipe, data, str(path))
+    prune = recipe.compress.prune
+    if prune.sparsity is not None and prune.threshold is not None:
+        raise RecipeError(f"{path}:compress.prune: set either sparsity or threshold, not both")
+    rnd = recipe.compress.round
+    if rnd.step is not None and rnd.bits is not None:
+        raise RecipeError(f"{path}:compress.round: set either step or bits, not both")
+    return dataclasses.replace(recipe, name=path.stem, source=str(path))
+
+
+def describe_fields(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every user key: the source of docs/recipes.md."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in _INTERNAL:
+            continue
+        tp, _ = _unwrap_optional(hints[f.name])
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            rows.extend(describe_fields(tp, key + "."))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        meta = f.metadata
+        doc = meta.get("doc", "")
+        if meta.get("choices"):
+            doc += f" (one of: {', '.join(meta['choices'])})"
+        bounds = []
+        if meta.get("lo") is not None:
+            bounds.append(f"{'>' if meta.get('lo_open') else '>='} {meta['lo']}")
+        if meta.get("hi") is not None:
+            bounds.append(f"{'<' if meta.get('hi_open') else '<='} {meta['hi']}")
+        if bounds:
+            doc += f" ({', '.join(bounds)})"
+        tname = getattr(tp, "__name__", str(tp))
+        if typing.get_origin(tp) is list:
+            tname = f"list[{typing.get_args(tp)[0].__name__}]"
+        rows.append((key, tname, "unset" if default is None else repr(default), doc))
+    return rows

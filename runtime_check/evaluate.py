@@ -1,0 +1,151 @@
+"""Validate one artifact on an eval batch: accuracy, agreement, max |Δ|, latency, memory."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime_check.runtimes import ArtifactError, RuntimeUnavailable, open_session
+
+# ru_maxrss is in kilobytes on Linux and bytes on macOS.
+_RSS_UNIT = 1024 if sys.platform == "darwin" else 1
+
+
+def load_batch(path: str | Path) -> dict[str, np.ndarray]:
+    """The eval batch: ``inputs`` float32 NCHW, ``labels``, ``reference_logits``."""
+    with np.load(path, allow_pickle=False) as z:
+        batch = {k: z[k] for k in z.files}
+    missing = {"inputs", "labels", "reference_logits"} - set(batch)
+    if missing:
+        raise ArtifactError(f"eval batch {path} lacks {', '.join(sorted(missing))}")
+    return batch
+
+
+def _layout(input_shape: list[int], chw: tuple[int, int, int], hint: str | None, fmt: str) -> str:
+    c, h, w = chw
+    tail = tuple(input_shape[1:])
+    fits = [name for name, dims in (("nchw", (c, h, w)), ("nhwc", (h, w, c))) if tail == dims]
+    if not fits:
+        raise ArtifactError(f"model input is {list(input_shape)} but the eval batch is "
+                            f"[N,{c},{h},{w}] (NCHW)")
+    if hint in fits:
+        return hint
+    if len(fits) == 1:
+        return fits[0]
+    return "nhwc" if fmt == "tflite" else "nchw"
+
+
+def _prepare(x: np.ndarray, layout: str, spec) -> np.ndarray:
+    """Float NCHW batch -> what the model's input wants (layout, dtype, quantization)."""
+    if layout == "nhwc":
+        x = x.transpose(0, 2, 3, 1)
+    if spec.dtype in ("int8", "uint8"):
+        info = np.iinfo(spec.dtype)
+        q = np.round(x / spec.scale) + spec.zero_point
+        x = np.clip(q, info.min, info.max).astype(spec.dtype)
+    else:
+        x = x.astype(np.float32)
+    return np.ascontiguousarray(x)
+
+
+def _percentiles(samples_ms: list[float]) -> dict:
+    arr = np.asarray(samples_ms)
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
+            "mean": float(arr.mean()), "runs": len(samples_ms)}
+
+
+def gzip_size(path: Path) -> int:
+    # mtime=0 keeps the figure independent of when it was measured.
+    return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+
+
+def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads: int = 1,
+                      warmup: int = 10, runs: int = 100, delegate: str = "xnnpack",
+                      layout: str | None = None) -> dict:
+    """One artifact's figures as a JSON-ready dict (``status`` ok / skipped / error)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".")
+    result: dict = {"path": path.name, "format": fmt, "threads": threads, "status": "ok"}
+    if not path.is_file():
+        return {**result, "status": "error", "reason": f"{path} not found"}
+    result["bytes"] = path.stat().st_size
+    result["gzip_bytes"] = gzip_size(path)
+    try:
+        sess = open_session(path, threads, delegate)
+    except RuntimeUnavailable as exc:
+        return {**result, "status": "skipped", "reason": str(exc)}
+    except ArtifactError as exc:
+        return {**result, "status": "error", "reason": str(exc)}
+    result.update(runtime=sess.runtime, runtime_version=sess.version, delegate=sess.delegate)
+    inputs, labels, ref = batch["inputs"], batch["labels"], batch["reference_logits"]
+    try:
+        lay = _layout(sess.input.shape, tuple(inputs.shape[1:]), layout, fmt)
+        x = _prepare(inputs, lay, sess.input)
+        result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
+                           "scale": sess.input.scale, "zero_point": sess.input.zero_point}
+        if sess.batchable:
+            logits = np.concatenate([sess.run(x[i:i + 256]) for i in range(0, len(x), 256)])
+        else:
+            logits = np.concatenate([sess.run(x[i:i + 1]) for i in range(len(x))])
+        logits = logits.reshape(len(x), -1).astype(np.float32)
+        if logits.shape != ref.shape:
+            raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "
+                                f"{list(ref.shape)}")
+        pred = logits.argmax(1)
+        result["samples"] = len(x)
+        result["accuracy"] = float((pred == labels).mean() * 100.0)
+        result["agreement"] = float((pred == ref.argmax(1)).mean())
+        result["max_abs_diff"] = float(np.abs(logits - ref).max())
+        for _ in range(warmup):
+            sess.run(x[:1])
+        times = []
+        for i in range(runs):
+            one = x[i % len(x):i % len(x) + 1]
+            t0 = time.perf_counter_ns()
+            sess.run(one)
+            times.append((time.perf_counter_ns() - t0) / 1e6)
+        result["latency_ms"] = _percentiles(times)
+    except ArtifactError as exc:
+        return {**result, "status": "error", "reason": str(exc)}
+    return result
+
+
+def evaluate_isolated(path: str | Path, batch: dict[str, np.ndarray], **kwargs) -> dict:
+    """Run :func:`evaluate_artifact` in a forked child so peak RSS is this artifact's own."""
+    if not hasattr(os, "fork"):
+        out = evaluate_artifact(path, batch, **kwargs)
+        out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT / 1024
+        return out
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read_fd)
+        code = 0
+        try:
+            payload = json.dumps(evaluate_artifact(path, batch, **kwargs)).encode()
+        except BaseException as exc:  # report, never hang the parent
+            payload = json.dumps({"path": Path(path).name, "status": "error",
+                                  "reason": f"{type(exc).__name__}: {exc}"}).encode()
+            code = 1
+        with os.fdopen(write_fd, "wb") as fh:
+            fh.write(payload)
+        os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as fh:
+        data = fh.read()
+    _, status, usage = os.wait4(pid, 0)
+    if not data:
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        why = f"killed by signal {sig}" if sig else f"exit status {os.WEXITSTATUS(status)}"
+        return {"path": Path(path).name, "status": "error",
+                "reason": f"the runtime crashed while checking this artifact ({why})"}
+    out = json.loads(data)
+    out["peak_rss_mb"] = usage.ru_maxrss * _RSS_UNIT / 1024
+    return out

@@ -1,0 +1,204 @@
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from exporter.cli import cli
+
+FAST = ["--set", "runtime.runs=20", "--set", "runtime.warmup=2",
+        "--set", "compress.finetune.epochs=1"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The seed CNN trained on a few digits epochs through the CLI, as a user would."""
+    tmp = tmp_path_factory.mktemp("cli")
+    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4",
+                 "--out", tmp / "seed.pt", "-q")
+    assert res.exit_code == 0, res.output
+    assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
+    return tmp / "seed.pt"
+
+
+def assert_one_line_error(res, *fragments, code=2):
+    assert res.exit_code == code, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "Traceback" not in res.output
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+def no_leftovers(parent: Path, out: Path):
+    assert not out.exists(), f"{out} was written"
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")], \
+        "a temp directory was left behind"
+
+
+def test_run_end_to_end(trained, tmp_path):
+    out = tmp_path / "dist"
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out,
+                 "--set", 'export.formats=["onnx"]', *FAST)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is True
+    assert report["target"]["name"] == "x86_64"
+    assert report["reference"]["accuracy"] > 80
+    assert report["reference"]["params"] > 0 and report["reference"]["macs"] > 0
+    assert "hold-out" in report["data"]["eval_note"]
+    (art,) = report["artifacts"]
+    for key in ("path", "format", "precision", "storage", "bytes", "gzip_bytes", "accuracy",
+                "accuracy_drop", "agreement", "max_abs_diff", "latency_ms", "threads", "runtime",
+                "peak_rss_mb", "budgets"):
+        assert key in art, key
+    assert art["format"] == "onnx" and art["precision"] == "fp32"
+    assert abs(art["accuracy_drop"]) <= 1.5 and art["budgets"]["max_accuracy_drop"]["ok"]
+    comp = report["compression"]
+    assert abs(comp["pruned_fraction"] - 0.75) < 1e-3
+    # The artifact reloads and reproduces the accuracy in the report.
+    batch = np.load(out / "eval_batch.npz")
+    sess = ort.InferenceSession(str(out / "model.fp32.onnx"))
+    pred = sess.run(None, {"input": batch["inputs"]})[0].argmax(1)
+    assert (pred == batch["labels"]).mean() * 100 == pytest.approx(art["accuracy"])
+    assert report["export"]["onnx_vs_torch_max_abs_diff"] <= 1e-5
+
+
+def test_budget_failure_exits_1(trained, tmp_path):
+    out = tmp_path / "d"
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
+                 "--set", 'export.formats=["onnx"]', "--set", "budgets.max_bytes=1000", *FAST)
+    assert res.exit_code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False
+    assert any("max_bytes" in r for r in report["reasons"])
+
+
+def test_onnx_entry_skips_compression(trained, tmp_path):
+    first = tmp_path / "a"
+    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", first, "-q",
+                  "--set", 'export.formats=["onnx"]', *FAST).exit_code == 0
+    second = tmp_path / "b"
+    res = invoke("run", "--model", first / "model.fp32.onnx", "--out", second, "-q",
+                 "--set", 'export.formats=["onnx"]', *FAST)
+    assert res.exit_code == 0, res.output
+    report = json.loads((second / "report.json").read_text())
+    assert report["compression"]["method"].startswith("skipped")
+    assert report["artifacts"][0]["accuracy_drop"] == 0
+
+
+NETS = textwrap.dedent("""
+    from torch import nn
+    class TwoClass(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4, 2)
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+    class Tuple(TwoClass):
+        def forward(self, x):
+            return (super().forward(x), x)
+    def nothing():
+        return None
+""")
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    return path
+
+
+@pytest.fixture
+def rgb_npz(tmp_path):
+    path = tmp_path / "rgb.npz"
+    np.savez(path, images=np.zeros((20, 8, 8, 3), np.uint8), labels=np.arange(20) % 10)
+    return path
+
+
+@pytest.fixture
+def empty_npz(tmp_path):
+    path = tmp_path / "empty.npz"
+    np.savez(path, images=np.zeros((0, 8, 8, 1), np.uint8), labels=np.zeros(0, np.int64))
+    return path
+
+
+def test_bad_inputs_one_line_exit_2_nothing_written(trained, tmp_path, nets, rgb_npz, empty_npz):
+    corrupt_pt = tmp_path / "corrupt.pt"
+    corrupt_pt.write_bytes(b"PK\x03\x04broken")
+    corrupt_onnx = tmp_path / "corrupt.onnx"
+    corrupt_onnx.write_bytes(b"\x08\x07\x12\x04junk")
+    cases = [
+        (["--model", "seed-cnn", "--weights", tmp_path / "none.pt"], "not found"),
+        (["--model", "seed-cnn", "--weights", corrupt_pt], "not a readable torch weights file"),
+        (["--model", f"{nets}:Missing"], "'Missing' not found"),
+        (["--model", f"{nets}:nothing"], "returned NoneType, not a torch.nn.Module"),
+        (["--model", f"{nets}:Tuple"], "returns a tuple"),
+        (["--model", f"{nets}:TwoClass"], "label 9 is outside the model's 2 classes"),
+        (["--model", f"{nets}:TwoClass", "--data", f"npz:{rgb_npz}"],
+         "does not accept 3x8x8 images"),
+        (["--model", "seed-cnn", "--data", f"npz:{empty_npz}"], "the data set is empty"),
+        (["--model", "seed-cnn", "--weights", trained, "--target", "mars"], "unknown target 'mars'"),
+        (["--model", "seed-cnn", "--weights", trained, "--set", "runtime.thread=2"],
+         "unknown key 'thread'"),
+        (["--model", corrupt_onnx], "corrupt.onnx: not a valid ONNX model"),
+        (["--model", "seed-cnn", "--weights", trained, "--data", "npz:/nonexistent.npz"],
+         "not found"),
+    ]
+    for args, fragment in cases:
+        out = tmp_path / "out"
+        res = invoke("run", *args, "--out", out, *FAST)
+        assert_one_line_error(res, fragment)
+        no_leftovers(tmp_path, out)
+
+
+def test_existing_out_needs_force(trained, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST)
+    assert_one_line_error(res, "already exists (use --force")
+    assert (out / "keep.txt").read_text() == "mine"
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "--force",
+                 "-q", "--set", 'export.formats=["onnx"]', *FAST)
+    assert res.exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
+
+
+def test_targets_list_and_show():
+    res = invoke("targets")
+    assert res.exit_code == 0 and res.output.startswith("x86_64")
+    res = invoke("targets", "x86_64")
+    assert "compress.prune.sparsity = 0.75" in res.output
+    res = invoke("targets", "x86_64", "--json")
+    assert json.loads(res.output)["runtime"]["threads"] == 1
+    assert_one_line_error(invoke("targets", "nope"), "unknown target 'nope'")
+
+
+def test_inspect_onnx(trained, tmp_path):
+    out = tmp_path / "d"
+    invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
+           "--set", 'export.formats=["onnx"]', *FAST)
+    res = invoke("inspect", out / "model.fp32.onnx")
+    assert res.exit_code == 0
+    assert "Conv x2" in res.output and "Gemm x2" in res.output
+    info = json.loads(invoke("inspect", out / "model.fp32.onnx", "--json").output)
+    fc = max(info["tensors"], key=lambda t: t["bytes"])
+    assert fc["sparsity"] > 0.5  # the big FC carries most of the 75 % global sparsity
+    assert_one_line_error(invoke("inspect", tmp_path / "x.txt"), "cannot inspect '.txt'")
+
+
+def test_train_refuses_to_overwrite(trained):
+    res = invoke("train", "--data", "digits", "--epochs", "1", "--out", trained)
+    assert_one_line_error(res, "already exists")
+    assert torch.load(trained, weights_only=True)  # untouched and loadable

@@ -1,0 +1,105 @@
+from pathlib import Path
+
+import pytest
+
+from exporter.docs import recipes_markdown
+from exporter.errors import RecipeError
+from exporter.recipe import TARGETS_DIR, available_targets, load_recipe
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", available_targets())
+def test_every_builtin_target_loads(name):
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert recipe.description, f"{name} needs a one-line description"
+
+
+def test_x86_64_values():
+    r = load_recipe("x86_64")
+    assert r.device.kind == "local"
+    assert r.compress.prune.sparsity == 0.75
+    assert r.budgets.max_accuracy_drop == 1.5
+
+
+def _write(tmp_path, text, name="r.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_key_and_allowed(tmp_path):
+    p = _write(tmp_path, 'extends = "x86_64"\n[runtime]\nthreds = 2\n')
+    with pytest.raises(RecipeError) as err:
+        load_recipe(str(p))
+    msg = str(err.value)
+    assert str(p) in msg and "threds" in msg and "threads" in msg
+
+
+def test_unknown_section(tmp_path):
+    p = _write(tmp_path, "[budget]\nmax_accuracy_drop = 1\n")
+    with pytest.raises(RecipeError, match="unknown key 'budget'.*budgets"):
+        load_recipe(str(p))
+
+
+@pytest.mark.parametrize("override, match", [
+    ("compress.prune.sparsity=1.2", r"sparsity: 1.2 is out of range \(must be < 1.0\)"),
+    ("runtime.threads=0", r"threads: 0 is out of range \(must be >= 1\)"),
+    ("runtime.threads=1.5", r"threads: expected int, got float"),
+    ('runtime.delegate="gpu"', r"'gpu' is not one of xnnpack, none"),
+    ('runtime.runtimes=["onnxruntime","tvm"]', r"'tvm' is not one of onnxruntime, litert"),
+    ("budgets.max_bytes=\"big\"", r"max_bytes: expected int, got str"),
+    ("eval.holdout=1", r"holdout: 1.0 is out of range"),
+])
+def test_bad_values_are_named(override, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe("x86_64", [override])
+
+
+def test_set_override_applies_and_parses_bare_words():
+    r = load_recipe("x86_64", ["compress.prune.scope=layer", "runtime.threads=2",
+                               'export.formats=["onnx"]'])
+    assert r.compress.prune.scope == "layer"
+    assert r.runtime.threads == 2
+    assert r.export.formats == ["onnx"]
+
+
+def test_sparsity_and_threshold_exclusive():
+    with pytest.raises(RecipeError, match="either sparsity or threshold"):
+        load_recipe("x86_64", ["compress.prune.threshold=0.01"])
+
+
+def test_extends_merges_sections(tmp_path):
+    p = _write(tmp_path, 'extends = "x86_64"\ndescription = "mine"\n[runtime]\nthreads = 2\n')
+    r = load_recipe(str(p))
+    assert r.runtime.threads == 2
+    assert r.runtime.runs == load_recipe("x86_64").runtime.runs  # inherited
+    assert r.description == "mine" and r.name == "r"
+
+
+def test_extends_cycle(tmp_path):
+    _write(tmp_path, 'extends = "b.toml"\n', "a.toml")
+    _write(tmp_path, 'extends = "a.toml"\n', "b.toml")
+    with pytest.raises(RecipeError, match="'extends' cycle"):
+        load_recipe(str(tmp_path / "a.toml"))
+
+
+def test_unknown_target_lists_known():
+    with pytest.raises(RecipeError, match="unknown target 'pi9'.*x86_64"):
+        load_recipe("pi9")
+
+
+def test_invalid_toml(tmp_path):
+    p = _write(tmp_path, "[runtime\nthreads=1")
+    with pytest.raises(RecipeError, match="not valid TOML"):
+        load_recipe(str(p))
+
+
+def test_targets_dir_is_the_repo_folder():
+    assert TARGETS_DIR == ROOT / "targets"
+
+
+def test_recipes_doc_is_current():
+    doc = (ROOT / "docs" / "recipes.md").read_text()
+    assert doc == recipes_markdown(), "docs/recipes.md is stale: run `make docs`"
