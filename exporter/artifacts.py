@@ -1,8 +1,19 @@
-"""What the exporter knows about each artifact it wrote (runtime_check measures the rest)."""
+"""What the exporter knows about each artifact it wrote (runtime_check measures the rest).
+
+The list is saved as ``artifacts.json`` beside the artifacts so that `edgepack check` can
+validate an output directory again, on another target, without the torch model.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from exporter.errors import InputFileError
+
+MANIFEST = "artifacts.json"
 
 
 @dataclass
@@ -12,3 +23,18 @@ class Artifact:
     precision: str  # fp32 | int8 | ...
     storage: str = "dense"  # dense | sparse | ...
     extra: dict = field(default_factory=dict)  # format-specific: op counts, transposes, layout
+
+
+def save_manifest(artifacts: list[Artifact], out_dir: Path) -> None:
+    rows = [dataclasses.asdict(a) for a in artifacts]
+    (out_dir / MANIFEST).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def load_manifest(out_dir: Path) -> list[Artifact]:
+    path = out_dir / MANIFEST
+    if not path.is_file():
+        raise InputFileError(f"{out_dir} is not an edgepack output directory (no {MANIFEST})")
+    try:
+        return [Artifact(**row) for row in json.loads(path.read_text())]
+    except (ValueError, TypeError) as exc:
+        raise InputFileError(f"{path}: unreadable ({exc})") from None

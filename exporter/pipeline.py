@@ -15,11 +15,11 @@ import numpy as np
 import onnxruntime as ort
 
 from exporter import __version__
-from exporter.artifacts import Artifact
+from exporter.artifacts import Artifact, save_manifest
 from exporter.atomic import atomic_dir
 from exporter.compress import compress
 from exporter.data import check_fits
-from exporter.errors import DataError, RuntimeCheckError
+from exporter.errors import DataError
 from exporter.models.complexity import count_params_macs
 from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape
 from exporter.prepare import (
@@ -32,11 +32,10 @@ from exporter.progress import Progress, make_progress, stderr_console
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
 from exporter.training import accuracy, predict
-from runtime_check.runners import CheckOptions, LocalRunner, RunnerError
+from exporter.validate import EVAL_BATCH, validate
 
 ONNX_FP32 = "model.fp32.onnx"
 TFLITE_FP32 = "model.fp32.tflite"
-EVAL_BATCH = "eval_batch.npz"
 REPORT = "report.json"
 
 
@@ -160,7 +159,8 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         np.savez(tmp / EVAL_BATCH, inputs=eval_x, labels=eval_y,
                  reference_logits=ref_logits.astype(np.float32),
                  images=splits.eval.images)
-        check = _validate(tmp, artifacts, recipe, progress)
+        save_manifest(artifacts, tmp)
+        check = validate(tmp, artifacts, recipe, progress)
         reference = {"accuracy": accuracy(ref_logits, eval_y), "params": params, "macs": macs,
                      "samples": int(len(eval_y))}
         report = build_report(
@@ -178,31 +178,6 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         )
         write_report(report, tmp / REPORT)
     return RunResult(report, opts.out, artifacts)
-
-
-def _validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe,
-              progress: Progress) -> dict:
-    rt = recipe.runtime
-    wanted = {"onnx": "onnxruntime", "tflite": "litert"}
-    options = CheckOptions(threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
-                           delegate=rt.delegate)
-    runner = LocalRunner()
-    merged: dict = {"results": []}
-    task = progress.add_task("validate", total=len(artifacts))
-    for art in artifacts:
-        progress.update(task, description=f"validate {art.path}")
-        if wanted[art.format] not in rt.runtimes:
-            merged["results"].append({"path": art.path, "status": "skipped",
-                                      "reason": f"{wanted[art.format]} not in the recipe's runtimes"})
-        else:
-            try:
-                res = runner.run([out_dir / art.path], out_dir / EVAL_BATCH, options)
-            except RunnerError as exc:
-                raise RuntimeCheckError(str(exc)) from None
-            merged.update({k: v for k, v in res.items() if k != "results"})
-            merged["results"].extend(res["results"])
-        progress.update(task, advance=1)
-    return merged
 
 
 def load_report(out_dir: Path) -> dict:
