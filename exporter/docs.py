@@ -46,9 +46,9 @@ def recipes_markdown() -> str:
 
 
 def supported_ops_markdown() -> str:
-    from exporter.tflite.docs import render_markdown
+    from exporter.tflite.docs import render
 
-    return render_markdown()
+    return render()
 
 
 GENERATED = {

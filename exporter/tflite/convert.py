@@ -1,0 +1,111 @@
+"""The conversion driver: read -> pre-flight -> lower -> passes -> serialize."""
+
+from __future__ import annotations
+
+import onnx
+
+from exporter.errors import ConversionError, UnsupportedOpsError
+from exporter.tflite import layout as L
+from exporter.tflite.context import ConversionContext
+from exporter.tflite.ir import Graph
+from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
+from exporter.tflite.passes import run_passes
+from exporter.tflite.registry import load_all
+from exporter.tflite.writer import serialize
+
+INPUT_LAYOUTS = ("nhwc", "nchw")
+
+
+def preflight(ctx: ConversionContext) -> None:
+    """Collect every node we cannot convert and raise them together."""
+    registry = load_all()
+    offenders: list[tuple[str, str, str]] = []
+    for node in ctx.onnx.nodes:
+        label = node_label(node)
+        conv = registry.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        if conv is None:
+            where = f" in domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
+            offenders.append((label, node.op_type, f"no TFLite converter{where}"))
+            continue
+        ctx.node = node
+        try:
+            reason = _dtype_reason(node, ctx) or (conv.check(node, ctx) if conv.check else None)
+        except ConversionError as exc:
+            reason = str(exc)
+        if reason:
+            offenders.append((label, node.op_type, reason))
+    ctx.node = None
+    if offenders:
+        raise UnsupportedOpsError(offenders)
+
+
+def _dtype_reason(node: onnx.NodeProto, ctx: ConversionContext) -> str | None:
+    for out in node.output:
+        elem = (
+            ctx.onnx.elem_types.get(out, onnx.TensorProto.FLOAT) if out else onnx.TensorProto.FLOAT
+        )
+        if elem != onnx.TensorProto.FLOAT:
+            return f"output '{out}' is {onnx.TensorProto.DataType.Name(elem).lower()}; only float32 tensors are supported"
+    for name in list(node.input) + list(node.output):
+        if name and name not in ctx.onnx.shapes:
+            return f"tensor '{name}' has no static shape after shape inference"
+    return None
+
+
+def _bind_inputs(ctx: ConversionContext, input_layout: str) -> None:
+    for name in ctx.onnx.inputs:
+        shape = ctx.shape(name)
+        lay = L.NHWC if len(shape) == 4 and input_layout == "nhwc" else L.PLAIN
+        tensor = ctx.output(name, lay)
+        ctx.graph.inputs.append(tensor)
+
+
+def _bind_outputs(ctx: ConversionContext, input_layout: str) -> None:
+    graph = ctx.graph
+    for name in ctx.onnx.outputs:
+        rank = len(ctx.shape(name))
+        # Rank-4 outputs follow the input convention; everything else is plain ONNX order.
+        want = L.NHWC if rank == 4 and input_layout == "nhwc" else L.PLAIN
+        tensor = ctx.tensor(name, want)
+        if tensor != name:
+            if name in graph.tensors:
+                _rename(graph, name, graph.unique_name(f"{name}_internal"))
+            _rename(graph, tensor, name)
+        graph.outputs.append(name)
+
+
+def _rename(graph: Graph, old: str, new: str) -> None:
+    t = graph.tensors.pop(old)
+    t.name = new
+    graph.tensors[new] = t
+    for op in graph.operators:
+        op.inputs = [new if i == old else i for i in op.inputs]
+        op.outputs = [new if o == old else o for o in op.outputs]
+    graph.inputs = [new if i == old else i for i in graph.inputs]
+    graph.outputs = [new if o == old else o for o in graph.outputs]
+
+
+def lower(onnx_graph: OnnxGraph, input_layout: str = "nhwc") -> Graph:
+    """Pre-flight, then lower every node and run the passes; returns the final IR graph."""
+    if input_layout not in INPUT_LAYOUTS:
+        raise ValueError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
+    ctx = ConversionContext(onnx_graph)
+    preflight(ctx)
+    registry = load_all()
+    _bind_inputs(ctx, input_layout)
+    for node in onnx_graph.nodes:
+        ctx.node = node
+        try:
+            registry[node.op_type](node, ctx)
+        except ConversionError:
+            raise
+        except Exception as exc:
+            raise ctx.error(f"conversion failed: {type(exc).__name__}: {exc}") from exc
+    ctx.node = None
+    _bind_outputs(ctx, input_layout)
+    return run_passes(ctx.graph)
+
+
+def convert(model: onnx.ModelProto, input_layout: str = "nhwc") -> tuple[bytes, Graph]:
+    graph = lower(read_graph(model), input_layout)
+    return serialize(graph), graph

@@ -1,0 +1,13 @@
+"""Op-family converter modules; importing this package fills ``registry.REGISTRY``."""
+
+from exporter.tflite.ops import (  # noqa: F401
+    activation,
+    conv,
+    elementwise,
+    linear,
+    normalization,
+    pool,
+    reduce,
+    resize,
+    shape,
+)

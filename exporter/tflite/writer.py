@@ -1,0 +1,219 @@
+"""IR <-> .tflite bytes: the only module that touches flatbuffers and the TFLite schema.
+
+Uses the object API generated from the official TFLite ``schema.fbs``
+(``ai_edge_litert.schema_py_generated``), so the file layout follows the schema exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flatbuffers
+import numpy as np
+from ai_edge_litert import schema_py_generated as schema
+
+from exporter.errors import ConversionError
+from exporter.tflite.ir import PSEUDO_OPS, Graph
+
+_FILE_IDENTIFIER = b"TFL3"
+_SCHEMA_VERSION = 3
+_BUFFER_ALIGNMENT = 16  # what the TFLite converter uses; lets kernels read weights in place
+
+_TENSOR_TYPES = {
+    "float32": schema.TensorType.FLOAT32,
+    "int32": schema.TensorType.INT32,
+    "int8": schema.TensorType.INT8,
+    "uint8": schema.TensorType.UINT8,
+    "int64": schema.TensorType.INT64,
+    "bool": schema.TensorType.BOOL,
+}
+_TYPE_NAMES = {v: k for k, v in _TENSOR_TYPES.items()}
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+
+# Builtin op -> name of its options table (BuiltinOptions member and "<name>T" class).
+_OPTIONS = {
+    "CONV_2D": "Conv2DOptions",
+    "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptions",
+    "TRANSPOSE_CONV": "TransposeConvOptions",
+    "FULLY_CONNECTED": "FullyConnectedOptions",
+    "BATCH_MATMUL": "BatchMatMulOptions",
+    "ADD": "AddOptions",
+    "SUB": "SubOptions",
+    "MUL": "MulOptions",
+    "DIV": "DivOptions",
+    "POW": "PowOptions",
+    "MAXIMUM": "MaximumMinimumOptions",
+    "MINIMUM": "MaximumMinimumOptions",
+    "CONCATENATION": "ConcatenationOptions",
+    "RESHAPE": "ReshapeOptions",
+    "TRANSPOSE": "TransposeOptions",
+    "SLICE": "SliceOptions",
+    "PAD": "PadOptions",
+    "PADV2": "PadV2Options",
+    "MAX_POOL_2D": "Pool2DOptions",
+    "AVERAGE_POOL_2D": "Pool2DOptions",
+    "MEAN": "ReducerOptions",
+    "SUM": "ReducerOptions",
+    "REDUCE_MAX": "ReducerOptions",
+    "REDUCE_MIN": "ReducerOptions",
+    "REDUCE_PROD": "ReducerOptions",
+    "SOFTMAX": "SoftmaxOptions",
+    "LEAKY_RELU": "LeakyReluOptions",
+    "HARD_SWISH": "HardSwishOptions",
+    "RESIZE_BILINEAR": "ResizeBilinearOptions",
+    "RESIZE_NEAREST_NEIGHBOR": "ResizeNearestNeighborOptions",
+}
+_ENUM_FIELDS = {
+    "padding": schema.Padding,
+    "fused_activation_function": schema.ActivationFunctionType,
+}
+
+
+class _AlignedBufferT(schema.BufferT):
+    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 - schema API name
+        # Pre-align so the vector CreateNumpyVector writes next starts on a 16-byte boundary.
+        builder.Prep(_BUFFER_ALIGNMENT, int(self.data.size))
+        return super().Pack(builder)
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _options(op: str, values: dict[str, Any]) -> tuple[int, Any]:
+    table = _OPTIONS.get(op)
+    if table is None:
+        if values:
+            raise ConversionError(f"writer has no options table for {op} (got {sorted(values)})")
+        return schema.BuiltinOptions.NONE, None
+    obj = getattr(schema, f"{table}T")()
+    for key, value in values.items():
+        attr = _camel(key)
+        if not hasattr(obj, attr):
+            raise ConversionError(f"{table} has no field '{key}'")
+        if key in _ENUM_FIELDS:
+            value = getattr(_ENUM_FIELDS[key], value)
+        setattr(obj, attr, value)
+    return getattr(schema.BuiltinOptions, table), obj
+
+
+def serialize(graph: Graph, description: str = "edgepack") -> bytes:
+    """Pack the IR into a TFLite flatbuffer (schema v3, identifier TFL3)."""
+    buffers = [schema.BufferT()]  # buffer 0: the empty sentinel for non-constant tensors
+    index: dict[str, int] = {}
+    tensors = []
+    for name, t in graph.tensors.items():
+        tt = schema.TensorT()
+        tt.name = name
+        tt.shape = np.asarray(t.shape, np.int32)
+        tt.type = _TENSOR_TYPES[t.dtype]
+        tt.buffer = 0
+        if t.data is not None:
+            buf = _AlignedBufferT()
+            buf.data = np.frombuffer(
+                np.ascontiguousarray(t.data, dtype=t.dtype).tobytes(), np.uint8
+            )
+            buffers.append(buf)
+            tt.buffer = len(buffers) - 1
+        if t.scales is not None:
+            q = schema.QuantizationParametersT()
+            q.scale = list(t.scales)
+            q.zeroPoint = list(t.zero_points or [0] * len(t.scales))
+            q.quantizedDimension = t.quantized_dimension
+            tt.quantization = q
+        index[name] = len(tensors)
+        tensors.append(tt)
+
+    codes: dict[str, int] = {}
+    operator_codes = []
+    operators = []
+    for op in graph.operators:
+        if op.op in PSEUDO_OPS or not hasattr(schema.BuiltinOperator, op.op):
+            raise ConversionError(f"internal: op {op.op} reached the writer")
+        if op.op not in codes:
+            code = getattr(schema.BuiltinOperator, op.op)
+            oc = schema.OperatorCodeT()
+            oc.builtinCode = code
+            oc.deprecatedBuiltinCode = min(code, 127)  # codes > 127 live only in builtinCode
+            oc.version = 1
+            codes[op.op] = len(operator_codes)
+            operator_codes.append(oc)
+        ot = schema.OperatorT()
+        ot.opcodeIndex = codes[op.op]
+        ot.inputs = [index[i] if i is not None else -1 for i in op.inputs]
+        ot.outputs = [index[o] for o in op.outputs]
+        ot.builtinOptionsType, ot.builtinOptions = _options(op.op, op.options)
+        operators.append(ot)
+
+    sub = schema.SubGraphT()
+    sub.name = graph.name
+    sub.tensors = tensors
+    sub.operators = operators
+    sub.inputs = [index[n] for n in graph.inputs]
+    sub.outputs = [index[n] for n in graph.outputs]
+
+    sig = schema.SignatureDefT()
+    sig.signatureKey = "serving_default"
+    sig.subgraphIndex = 0
+    sig.inputs = [_tensor_map(n, index[n]) for n in graph.inputs]
+    sig.outputs = [_tensor_map(n, index[n]) for n in graph.outputs]
+
+    model = schema.ModelT()
+    model.version = _SCHEMA_VERSION
+    model.description = description
+    model.operatorCodes = operator_codes
+    model.subgraphs = [sub]
+    model.buffers = buffers
+    model.signatureDefs = [sig]
+
+    builder = flatbuffers.Builder(1024 + sum(b.data.size + _BUFFER_ALIGNMENT for b in buffers[1:]))
+    builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
+    return bytes(builder.Output())
+
+
+def _tensor_map(name: str, idx: int) -> Any:
+    tm = schema.TensorMapT()
+    tm.name = name
+    tm.tensorIndex = idx
+    return tm
+
+
+def describe_bytes(data: bytes) -> dict[str, Any]:
+    """Ops, tensors, inputs and outputs of a .tflite flatbuffer (first subgraph)."""
+    if len(data) < 8 or data[4:8] != _FILE_IDENTIFIER:
+        raise ValueError("not a TFLite flatbuffer (missing TFL3 identifier)")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
+    sub = model.subgraphs[0]
+    names = []
+    for oc in model.operatorCodes:
+        code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
+        names.append(_OP_NAMES.get(code, f"BUILTIN_{code}"))
+    ops: dict[str, int] = {}
+    for op in sub.operators or []:
+        ops[names[op.opcodeIndex]] = ops.get(names[op.opcodeIndex], 0) + 1
+    tensors = []
+    for t in sub.tensors or []:
+        buf = model.buffers[t.buffer] if t.buffer < len(model.buffers) else None
+        nbytes = 0 if buf is None or buf.data is None else len(buf.data)
+        entry: dict[str, Any] = {
+            "name": t.name.decode() if isinstance(t.name, bytes) else t.name,
+            "shape": [int(d) for d in (t.shape if t.shape is not None else [])],
+            "dtype": _TYPE_NAMES.get(t.type, f"type{t.type}"),
+            "buffer_bytes": nbytes,
+        }
+        q = t.quantization
+        if q is not None and q.scale is not None and len(q.scale):
+            entry["quantization"] = {
+                "scales": [float(s) for s in q.scale],
+                "zero_points": [int(z) for z in q.zeroPoint] if q.zeroPoint is not None else [],
+                "quantized_dimension": int(q.quantizedDimension),
+            }
+        tensors.append(entry)
+    return {
+        "ops": dict(sorted(ops.items())),
+        "tensors": tensors,
+        "inputs": [tensors[i]["name"] for i in sub.inputs],
+        "outputs": [tensors[i]["name"] for i in sub.outputs],
+        "total_bytes": len(data),
+    }
