@@ -21,6 +21,7 @@ from exporter.compress import compress
 from exporter.data import check_fits
 from exporter.errors import DataError
 from exporter.models.complexity import count_params_macs
+from exporter.models.zoo import BUILTIN
 from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape
 from exporter.prepare import (
     build_torch_model,
@@ -29,12 +30,15 @@ from exporter.prepare import (
     split_data,
 )
 from exporter.progress import Progress, make_progress, stderr_console
+from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
 from exporter.training import accuracy, predict
 from exporter.validate import EVAL_BATCH, validate
+from runtime_check.cpu import describe_cpu
 
 ONNX_FP32 = "model.fp32.onnx"
+ONNX_INT8 = "model.int8.onnx"
 TFLITE_FP32 = "model.fp32.tflite"
 REPORT = "report.json"
 
@@ -89,6 +93,44 @@ def _check_labels(splits, chw: tuple[int, int, int], num_classes: int) -> None:
     check_fits(splits.train, chw, num_classes)
 
 
+def _compress_and_export(module, recipe: Recipe, splits, norm, eval_x: np.ndarray, tmp: Path,
+                         progress: Progress) -> dict:
+    """Compress a copy of the model, export it to ONNX fp32 and check the export's parity."""
+    compressed = copy.deepcopy(module)
+    train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
+    comp = compress(compressed, recipe.compress, train_x, splits.train.labels, progress=progress)
+    comp_logits = predict(compressed, eval_x)
+    task = progress.add_task("export ONNX", total=1)
+    export_onnx(compressed, splits.eval.image_shape, tmp / ONNX_FP32, opset=recipe.export.opset)
+    onnx_logits = _onnx_logits(tmp / ONNX_FP32, eval_x[:64])
+    progress.update(task, advance=1)
+    return {"compression": {**comp.to_dict(),
+                            "torch_accuracy": accuracy(comp_logits, splits.eval.labels)},
+            "export": {"onnx_vs_torch_max_abs_diff":
+                       float(np.abs(onnx_logits - comp_logits[:64]).max())}}
+
+
+def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
+    """Calibrate on training images and search for an int8 model within quantize.max_drop."""
+    q = recipe.quantize
+    rng = np.random.default_rng(recipe.eval.seed)
+    order = rng.permutation(len(splits.train))
+    calib_idx = np.sort(order[:q.calibration_samples])
+    tune_idx = np.sort(order[q.calibration_samples:q.calibration_samples + q.tuning_samples])
+    if len(tune_idx) == 0:  # tiny data: tune on the calibration images rather than not at all
+        tune_idx = calib_idx
+    calib_x = norm.apply(splits.train.images[calib_idx])
+    tune_x = norm.apply(splits.train.images[tune_idx])
+    outcome = quantize_stage(tmp / ONNX_FP32, tmp / ONNX_INT8, q, calib_x=calib_x,
+                             tune_x=tune_x, tune_y=splits.train.labels[tune_idx],
+                             device_kind=recipe.device.kind, cpu=describe_cpu())
+    outcome.calibration_note = (f"{len(calib_idx)} training images" if
+                                len(calib_idx) == q.calibration_samples else
+                                f"only {len(calib_idx)} training images (recipe asks for "
+                                f"{q.calibration_samples}): calibrated on all of them")
+    return outcome
+
+
 def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
     from exporter.tflite import convert_onnx_file
 
@@ -117,8 +159,12 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
     norm = resolve_normalization(full, opts.mean, opts.std, opts.weights)
     chw = full.image_shape
     loaded = build_torch_model(opts.model, opts.weights, full)
+    if loaded.module is not None and not opts.weights and loaded.spec in BUILTIN:
+        console.print(f"[yellow]warning[/]: {loaded.spec} has no --weights: validating its "
+                      "random initial weights (train it first with `edgepack train`)")
     eval_x = norm.apply(splits.eval.images)
     eval_y = splits.eval.labels
+    formats = recipe.export.formats
 
     with atomic_dir(opts.out, force=opts.force) as tmp:
         artifacts: list[Artifact] = []
@@ -137,23 +183,24 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             _check_labels(splits, chw, num_classes)
             params, macs = count_params_macs(module, chw)
             ref_logits = predict(module, eval_x)
-            compressed = copy.deepcopy(module)
-            train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
-            comp = compress(compressed, recipe.compress, train_x, splits.train.labels,
-                            progress=progress)
-            comp_logits = predict(compressed, eval_x)
-            extra["compression"] = {**comp.to_dict(),
-                                    "torch_accuracy": accuracy(comp_logits, eval_y)}
-            task = progress.add_task("export ONNX", total=1)
-            export_onnx(compressed, chw, tmp / ONNX_FP32, opset=recipe.export.opset)
-            onnx_logits = _onnx_logits(tmp / ONNX_FP32, eval_x[:64])
-            extra["export"] = {"onnx_vs_torch_max_abs_diff":
-                               float(np.abs(onnx_logits - comp_logits[:64]).max())}
-            progress.update(task, advance=1)
-        artifacts.append(Artifact(ONNX_FP32, "onnx", "fp32", "dense"))
-        if "tflite" in recipe.export.formats:
-            task = progress.add_task("export TFLite", total=1)
+            extra.update(_compress_and_export(module, recipe, splits, norm, eval_x, tmp, progress))
+        # The fp32 ONNX model is the intermediate form of every later stage, so it is always
+        # written; it is an artifact (validated, reported) only when the recipe asks for ONNX.
+        if "onnx" in formats:
+            artifacts.append(Artifact(ONNX_FP32, "onnx", "fp32", "dense"))
+        if "tflite" in formats:
+            task = progress.add_task("export TFLite fp32", total=1)
             artifacts.append(_export_tflite(tmp / ONNX_FP32, tmp, recipe))
+            progress.update(task, advance=1)
+        if "int8" in recipe.export.precisions:
+            task = progress.add_task("quantize int8", total=1)
+            outcome = _quantize(tmp, recipe, splits, norm)
+            extra["quantization"] = outcome.to_dict()
+            if "onnx" in formats:
+                artifacts.append(Artifact(ONNX_INT8, "onnx", "int8", "dense",
+                                          {"calibration": outcome.settings.method,
+                                           "reduce_range": outcome.settings.reduce_range,
+                                           "float_layers": list(outcome.settings.float_nodes)}))
             progress.update(task, advance=1)
 
         np.savez(tmp / EVAL_BATCH, inputs=eval_x, labels=eval_y,

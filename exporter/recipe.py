@@ -62,6 +62,32 @@ class ExportSpec:
     opset: int = _spec(18, lo=17, hi=23, doc="ONNX opset")
     input_layout: str = _spec("nhwc", choices=("nhwc", "nchw"),
                               doc="TFLite input layout (nchw adds one boundary TRANSPOSE)")
+    precisions: list[str] = _spec(["fp32"], choices=("fp32", "int8"),
+                                  doc="precisions to write for every format")
+
+
+@dataclass(frozen=True)
+class QuantizeSpec:
+    calibration_samples: int = _spec(256, lo=1, hi=100000,
+                                     doc="training images used to calibrate activation ranges")
+    method: str = _spec("minmax", choices=("minmax", "entropy", "percentile"),
+                        doc="calibration method tried first")
+    fallback_methods: list[str] = _spec(["percentile", "entropy"],
+                                        choices=("minmax", "entropy", "percentile"),
+                                        doc="tried in order when int8 misses max_accuracy_drop")
+    max_drop: float = _spec(0.3, lo=0.0,
+                            doc="points int8 may lose against the fp32 artifact (on tuning "
+                                "images) before fallbacks are tried")
+    max_float_layers: int = _spec(2, lo=0, hi=1000,
+                                  doc="most sensitive layers that may be left in float to meet "
+                                      "the budget")
+    tuning_samples: int = _spec(1000, lo=1,
+                                doc="training images (not the eval set) on which int8 variants "
+                                    "are compared while searching")
+    reduce_range: str = _spec("auto", choices=("auto", "on", "off"),
+                              doc="7-bit weights for the ONNX artifact; auto = on for x86 CPUs "
+                                  "without VNNI, whose int8 kernels saturate")
+    per_channel: bool = _spec(True, doc="per-output-channel weight scales")
 
 
 @dataclass(frozen=True)
@@ -126,6 +152,7 @@ class Recipe:
     runtime: RuntimeSpec = field(default_factory=RuntimeSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
     compress: CompressSpec = field(default_factory=CompressSpec)
+    quantize: QuantizeSpec = field(default_factory=QuantizeSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     budgets: BudgetSpec = field(default_factory=BudgetSpec)
     source: str = _spec("", doc="file the recipe came from (set by the loader)")

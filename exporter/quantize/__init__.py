@@ -1,0 +1,128 @@
+"""Quantization stage: ONNX fp32 -> calibrated ONNX int8 (QDQ), with an accuracy search.
+
+The first calibration method is tried; when int8 loses more than ``quantize.max_drop`` points
+against fp32 on tuning images (taken from the training split, never the eval set), the
+fallback methods are tried, then the most sensitive layers are left in float, one at a time.
+Every attempt is recorded for the report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
+from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
+from exporter.recipe import QuantizeSpec
+
+VNNI_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}
+SENSITIVITY_IMAGES = 200
+
+
+@dataclass
+class QuantOutcome:
+    settings: QuantSettings
+    reduce_range_reason: str
+    fp32_tuning_accuracy: float
+    attempts: list[dict] = field(default_factory=list)
+    sensitivity: list[dict] = field(default_factory=list)
+    first_divergence: str | None = None
+    within_budget: bool = True
+    seconds: float = 0.0
+    calibration_note: str = ""
+
+    def to_dict(self) -> dict:
+        s = self.settings
+        return {"method": s.method, "reduce_range": s.reduce_range,
+                "reduce_range_reason": self.reduce_range_reason, "per_channel": s.per_channel,
+                "float_layers": list(s.float_nodes), "fp32_tuning_accuracy":
+                self.fp32_tuning_accuracy, "attempts": self.attempts,
+                "calibration": self.calibration_note, "within_budget": self.within_budget, "sensitivity": self.sensitivity,
+                "first_divergence": self.first_divergence, "seconds": round(self.seconds, 2)}
+
+
+def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool, str]:
+    """7-bit weights only where the int8 kernels would saturate: x86 without VNNI."""
+    if setting != "auto":
+        return setting == "on", f"recipe sets reduce_range = {setting}"
+    if device_kind != "local":
+        return False, f"target runs on a {device_kind} device: full 8-bit weights"
+    machine = (cpu.get("machine") or "").lower()
+    features = set(cpu.get("features") or [])
+    if machine not in ("x86_64", "amd64", "i686", "x86"):
+        return False, f"{machine} CPU: full 8-bit weights"
+    if features & VNNI_FEATURES:
+        found = ", ".join(sorted(features & VNNI_FEATURES))
+        return False, f"x86 with {found}: int8 dot products do not saturate, full 8-bit weights"
+    return True, ("x86 without VNNI: ORT's u8s8 kernels saturate on 8-bit weights, "
+                  "so weights use 7 bits (reduce_range)")
+
+
+def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    logits = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0]
+                             for i in range(0, len(x), 256)])
+    return float((logits.argmax(1) == y).mean() * 100.0)
+
+
+def quantize_stage(fp32_path: Path, out_path: Path, spec: QuantizeSpec, *, calib_x: np.ndarray,
+                   tune_x: np.ndarray, tune_y: np.ndarray, device_kind: str,
+                   cpu: dict) -> QuantOutcome:
+    """Search calibration methods and float fallbacks; write the chosen int8 model to out_path."""
+    start = time.perf_counter()
+    work = out_path.parent
+    reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
+    fp32_acc = _accuracy(fp32_path, tune_x, tune_y)
+    outcome = QuantOutcome(QuantSettings(spec.method, reduce_range, spec.per_channel), why,
+                           fp32_acc)
+
+    def attempt(settings: QuantSettings) -> float:
+        quantize_onnx(fp32_path, out_path, settings, calib_inputs=calib_x,
+                      cache=calibration_cache(work, settings.method))
+        acc = _accuracy(out_path, tune_x, tune_y)
+        outcome.attempts.append({"method": settings.method,
+                                 "float_layers": list(settings.float_nodes),
+                                 "tuning_accuracy": acc, "drop": fp32_acc - acc})
+        return fp32_acc - acc
+
+    best: tuple[float, QuantSettings] | None = None
+    methods = [spec.method] + [m for m in spec.fallback_methods if m != spec.method]
+    for method in methods:
+        settings = QuantSettings(method, reduce_range, spec.per_channel)
+        drop = attempt(settings)
+        if best is None or drop < best[0]:
+            best = (drop, settings)
+        if drop <= spec.max_drop:
+            break
+    drop, chosen = best
+    if drop > spec.max_drop and spec.max_float_layers > 0:
+        quantize_onnx(fp32_path, out_path, chosen, calib_inputs=calib_x,
+                      cache=calibration_cache(work, chosen.method))
+        rows = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
+        ranked = most_sensitive_nodes(rows, spec.max_float_layers)
+        for k in range(1, len(ranked) + 1):
+            settings = QuantSettings(chosen.method, reduce_range, spec.per_channel,
+                                     tuple(ranked[:k]))
+            d = attempt(settings)
+            if d < drop:
+                drop, chosen = d, settings
+            if d <= spec.max_drop:
+                break
+    # Leave the chosen variant on disk (the last attempt may have been another one).
+    quantize_onnx(fp32_path, out_path, chosen, calib_inputs=calib_x,
+                  cache=calibration_cache(work, chosen.method))
+    outcome.settings = chosen
+    outcome.within_budget = drop <= spec.max_drop
+    for a in outcome.attempts:
+        a["chosen"] = a["method"] == chosen.method and a["float_layers"] == list(chosen.float_nodes)
+    outcome.sensitivity = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
+    outcome.first_divergence = first_divergence(outcome.sensitivity)
+    outcome.seconds = time.perf_counter() - start
+    return outcome

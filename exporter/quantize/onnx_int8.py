@@ -1,0 +1,85 @@
+"""ONNX int8 (QDQ) through onnxruntime's static quantizer.
+
+Per-channel symmetric int8 weights, int8 activations. Calibration ranges are computed once per
+method and handed off through a cache file on disk (ORT's ``calibration_cache_path``), so every
+variant made from them — full 8-bit for portable kernels, 7-bit ``reduce_range`` for x86 CPUs
+without VNNI, layers left in float — shares exactly the same activation ranges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+
+from exporter.atomic import atomic_path
+
+METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+           "percentile": CalibrationMethod.Percentile}
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    method: str = "minmax"
+    reduce_range: bool = False
+    per_channel: bool = True
+    float_nodes: tuple[str, ...] = field(default_factory=tuple)  # left unquantized
+
+
+class _BatchReader(CalibrationDataReader):
+    """Feeds calibration images one at a time, as the deployed model sees them (batch 1)."""
+
+    def __init__(self, inputs: np.ndarray, input_name: str):
+        self._items: Iterator[dict] = iter({input_name: inputs[i:i + 1]} for i in range(len(inputs)))
+
+    def get_next(self) -> dict | None:
+        return next(self._items, None)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs advice at WARNING level on every call; keep the console clean."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def calibration_cache(out_dir: Path, method: str) -> Path:
+    return out_dir / f"calibration.{method}.json"
+
+
+def quantize_onnx(fp32_path: Path, out_path: Path, settings: QuantSettings, *,
+                  calib_inputs: np.ndarray | None, cache: Path, input_name: str = "input") -> Path:
+    """Write a QDQ int8 model. ``calib_inputs`` are needed only when ``cache`` does not exist yet."""
+    reader = None if cache.is_file() else _BatchReader(calib_inputs, input_name)
+    with atomic_path(out_path) as tmp, _quiet():
+        quantize_static(
+            str(fp32_path), str(tmp), reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings.per_channel,
+            reduce_range=settings.reduce_range,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=METHODS[settings.method],
+            nodes_to_exclude=list(settings.float_nodes),
+            calibration_cache_path=str(cache),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+    return out_path
