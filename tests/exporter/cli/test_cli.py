@@ -46,8 +46,7 @@ def no_leftovers(parent: Path, out: Path):
 
 def test_run_end_to_end(trained, tmp_path):
     out = tmp_path / "dist"
-    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out,
-                 "--set", 'export.formats=["onnx"]', *FAST)
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST)
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is True
@@ -55,7 +54,18 @@ def test_run_end_to_end(trained, tmp_path):
     assert report["reference"]["accuracy"] > 80
     assert report["reference"]["params"] > 0 and report["reference"]["macs"] > 0
     assert "hold-out" in report["data"]["eval_note"]
-    (art,) = report["artifacts"]
+    by_path = {a["path"]: a for a in report["artifacts"]}
+    assert {"model.fp32.onnx", "model.fp32.tflite", "model.int8.onnx"} <= set(by_path)
+    for art in report["artifacts"]:
+        assert art["status"] == "ok", art
+        assert art["accuracy_drop"] <= 1.5, art["path"]  # the x86_64 recipe's budget
+    tfl = by_path["model.fp32.tflite"]
+    assert tfl["transpose_count"] == 0 and tfl["input"]["layout"] == "nhwc"
+    assert tfl["max_abs_diff"] == pytest.approx(by_path["model.fp32.onnx"]["max_abs_diff"],
+                                                abs=1e-4)
+    assert tfl["accuracy"] == by_path["model.fp32.onnx"]["accuracy"]
+    assert report["quantization"]["within_budget"]
+    art = by_path["model.fp32.onnx"]
     for key in ("path", "format", "precision", "storage", "bytes", "gzip_bytes", "accuracy",
                 "accuracy_drop", "agreement", "max_abs_diff", "latency_ms", "threads", "runtime",
                 "peak_rss_mb", "budgets"):
