@@ -40,8 +40,15 @@ class DeviceSpec:
     kind: str = _spec("local", choices=("local", "qemu", "ssh"),
                       doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH")
     cpu: str | None = _spec(None, doc="QEMU CPU model (e.g. cortex-a72); informational for local/ssh")
-    host: str | None = _spec(None, doc="user@host[:port] for ssh targets")
-    python: str = _spec("python3", doc="python interpreter on the device")
+    host: str | None = _spec(None, doc="user@host[:port] for ssh targets (--host overrides it)")
+    python: str = _spec("python3", doc="python interpreter on an ssh device (qemu targets use "
+                                       "the sysroot's python3.11)")
+    ssh_options: list[str] = _spec([], doc='extra ssh arguments, e.g. ["-F", "my_ssh_config"]; '
+                                           "$EDGEPACK_SSH_OPTIONS (shell words) is appended")
+    connect_timeout_s: float = _spec(10.0, lo=0.0, lo_open=True, hi=600.0,
+                                     doc="ssh ConnectTimeout")
+    timeout_s: float = _spec(1800.0, lo=0.0, lo_open=True,
+                             doc="wall-clock limit of one runtime_check run on the device")
 
 
 @dataclass(frozen=True)
@@ -314,7 +321,30 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     rnd = recipe.compress.round
     if rnd.step is not None and rnd.bits is not None:
         raise RecipeError(f"{path}:compress.round: set either step or bits, not both")
+    _check_device(recipe, path)
     return dataclasses.replace(recipe, name=path.stem, source=str(path))
+
+
+def _check_device(recipe: Recipe, path: Path) -> None:
+    """Rules that span keys: a QEMU target needs a CPU model whose results are right."""
+    from runtime_check.qemu import CPU_MODELS
+
+    dev = recipe.device
+    if dev.kind != "qemu":
+        return
+    known = ", ".join(CPU_MODELS)
+    if dev.cpu is None:
+        raise RecipeError(f"{path}:device.cpu: a qemu target needs a CPU model ({known})")
+    if dev.cpu.split(",")[0] == "max":
+        raise RecipeError(f"{path}:device.cpu: 'max' is refused: QEMU's max CPU computes wrong "
+                          f"XNNPACK int8 results; name the target's core ({known})")
+    if dev.cpu not in CPU_MODELS:
+        raise RecipeError(f"{path}:device.cpu: {dev.cpu!r} is not a supported QEMU CPU model "
+                          f"(one of: {known})")
+    if recipe.budgets.max_latency_p90_ms is not None:
+        raise RecipeError(f"{path}:budgets.max_latency_p90_ms: latency under QEMU is emulated "
+                          "(~200x native, kernels not ranked right) and cannot hold a budget; "
+                          "leave it unset for qemu targets")
 
 
 def describe_fields(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -8,19 +8,36 @@ from exporter.artifacts import Artifact
 from exporter.errors import RuntimeCheckError
 from exporter.progress import Progress
 from exporter.recipe import Recipe
+from runtime_check.qemu import QemuRunner
 from runtime_check.runners import CheckOptions, LocalRunner, Runner, RunnerError
+from runtime_check.ssh import SshRunner
 
 EVAL_BATCH = "eval_batch.npz"
 RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 
 
 def make_runner(recipe: Recipe, host: str | None = None) -> Runner:
-    """The runner for the recipe's device kind (``--host`` overrides the recipe's host)."""
-    kind = recipe.device.kind
-    if kind == "local" and host is None:
-        return LocalRunner()
-    raise RuntimeCheckError(f"target '{recipe.name}': device kind '{kind}' is not available in "
-                            "this version of edgepack")
+    """The runner for the recipe's device kind; ``--host`` (or an ssh kind) means SSH."""
+    dev = recipe.device
+    if host is not None or dev.kind == "ssh":
+        target = host or dev.host
+        if not target:
+            raise RuntimeCheckError(f"target '{recipe.name}' runs over SSH: give --host "
+                                    "user@host[:port] (or set device.host in the recipe)")
+        try:
+            return SshRunner(target, python=dev.python, ssh_options=list(dev.ssh_options),
+                             connect_timeout_s=dev.connect_timeout_s)
+        except RunnerError as exc:
+            raise RuntimeCheckError(str(exc)) from None
+    if dev.kind == "qemu":
+        from exporter.sysroot import find_qemu, require
+
+        qemu, version = find_qemu()
+        sr = require("arm64")
+        # The cpu was checked against CPU_MODELS when the recipe was loaded.
+        return QemuRunner(qemu=qemu, sysroot=sr.sysroot, views_dir=sr.views, cpu=dev.cpu or "",
+                          plugin=sr.plugin, qemu_version=version)
+    return LocalRunner()
 
 
 def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress: Progress,
@@ -28,7 +45,7 @@ def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress:
     """runtime_check's JSON for every artifact, one runner call per artifact for progress."""
     rt = recipe.runtime
     options = CheckOptions(threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
-                           delegate=rt.delegate)
+                           delegate=rt.delegate, timeout_s=recipe.device.timeout_s)
     runner = runner or make_runner(recipe)
     merged: dict = {"runner": runner.name, "results": []}
     task = progress.add_task("validate", total=len(artifacts))

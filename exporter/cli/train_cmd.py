@@ -39,6 +39,7 @@ def command(model, data, eval_data, epochs, lr, batch_size, augment, holdout, se
     check_writable(sidecar_path(out), force)
     full, splits = split_data(data, eval_data, EvalSpec(samples=10**9, holdout=holdout, seed=seed))
     norm = channel_stats(full)
+    torch.manual_seed(seed)  # the initial weights too: same command, same trained weights
     module = build_torch_model(model, None, full).module
     if module is None:
         raise click.BadParameter("an ONNX model cannot be trained", param_hint="--model")

@@ -212,3 +212,23 @@ def test_train_refuses_to_overwrite(trained):
     res = invoke("train", "--data", "digits", "--epochs", "1", "--out", trained)
     assert_one_line_error(res, "already exists")
     assert torch.load(trained, weights_only=True)  # untouched and loadable
+
+
+def test_train_is_deterministic(trained, tmp_path):
+    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4",
+                 "--out", tmp_path / "again.pt", "-q")
+    assert res.exit_code == 0
+    first = torch.load(trained, weights_only=True)
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_python_api_mirrors_cli(trained, tmp_path):
+    import exporter
+
+    result = exporter.run("seed-cnn", tmp_path / "api", weights=str(trained),
+                          overrides=('export.formats=["onnx"]', 'export.precisions=["fp32"]',
+                                     *FAST[1::2]))
+    assert result.passed
+    on_disk = json.loads((tmp_path / "api" / "report.json").read_text())
+    assert on_disk["artifacts"][0]["accuracy"] == result.report["artifacts"][0]["accuracy"]
