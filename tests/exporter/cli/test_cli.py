@@ -187,7 +187,8 @@ def test_existing_out_needs_force(trained, tmp_path):
 
 def test_targets_list_and_show():
     res = invoke("targets")
-    assert res.exit_code == 0 and res.output.startswith("x86_64")
+    assert res.exit_code == 0
+    assert any(line.startswith("x86_64 ") for line in res.output.splitlines())
     res = invoke("targets", "x86_64")
     assert "compress.prune.sparsity = 0.75" in res.output
     res = invoke("targets", "x86_64", "--json")
