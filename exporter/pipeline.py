@@ -98,13 +98,15 @@ def _compress_and_export(module, recipe: Recipe, splits, norm, eval_x: np.ndarra
     """Compress a copy of the model, export it to ONNX fp32 and check the export's parity."""
     compressed = copy.deepcopy(module)
     train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
-    comp = compress(compressed, recipe.compress, train_x, splits.train.labels, progress=progress)
+    comp = compress(compressed, recipe.compress, train_x, splits.train.labels,
+                    input_shape=splits.eval.image_shape, progress=progress)
     comp_logits = predict(compressed, eval_x)
     task = progress.add_task("export ONNX", total=1)
     export_onnx(compressed, splits.eval.image_shape, tmp / ONNX_FP32, opset=recipe.export.opset)
     onnx_logits = _onnx_logits(tmp / ONNX_FP32, eval_x[:64])
     progress.update(task, advance=1)
-    return {"compression": {**comp.to_dict(),
+    params, macs = count_params_macs(compressed, splits.eval.image_shape)
+    return {"compression": {**comp.to_dict(), "params": params, "macs": macs,
                             "torch_accuracy": accuracy(comp_logits, splits.eval.labels)},
             "export": {"onnx_vs_torch_max_abs_diff":
                        float(np.abs(onnx_logits - comp_logits[:64]).max())}}

@@ -111,6 +111,18 @@ class PruneSpec:
 
 
 @dataclass(frozen=True)
+class ChannelSpec:
+    ratio: float | None = _spec(None, lo=0.0, hi=1.0, hi_open=True,
+                                doc="fraction of channels physically removed (structured pruning)")
+    scope: str = _spec("global", choices=("global", "layer"),
+                       doc="rank channel groups across the network, or the same ratio per layer")
+    importance: str = _spec("l1", choices=("l1", "l2", "bn"),
+                            doc="channel importance: weight L1/L2 norm, or BatchNorm scale")
+    round_to: int = _spec(8, lo=1, hi=256,
+                          doc="keep channel counts multiples of this (SIMD-friendly)")
+
+
+@dataclass(frozen=True)
 class FinetuneSpec:
     epochs: int = _spec(0, lo=0, hi=1000, doc="fine-tuning epochs after/while compressing")
     lr: float = _spec(0.01, lo=0.0, lo_open=True, doc="SGD learning rate")
@@ -128,6 +140,7 @@ class RoundSpec:
 
 @dataclass(frozen=True)
 class CompressSpec:
+    channels: ChannelSpec = field(default_factory=ChannelSpec)
     prune: PruneSpec = field(default_factory=PruneSpec)
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     round: RoundSpec = field(default_factory=RoundSpec)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from exporter.compress.channels import prune_channels
 from exporter.compress.prune import (
     MaskSet,
     cubic_sparsity,
@@ -38,26 +39,44 @@ class CompressionResult:
     rounding: dict[str, float] = field(default_factory=dict)
     layers: list[dict] = field(default_factory=list)
     pruned_fraction: float = 0.0  # zeros / prunable weights (excluded layers not counted)
+    channels: dict | None = None  # structured pruning: params/MACs before and after
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | None,
-             train_labels: np.ndarray | None, *, progress: Progress | None = None) -> CompressionResult:
-    """Prune, fine-tune and round ``model`` in place as the recipe says."""
+             train_labels: np.ndarray | None, *, input_shape: tuple[int, int, int] | None = None,
+             progress: Progress | None = None) -> CompressionResult:
+    """Remove channels, prune weights, fine-tune and round ``model`` in place as the recipe says.
+
+    Structured pruning changes the module's parameters, so it runs first; fine-tuning then
+    recovers from both kinds of pruning at once.
+    """
     prune, ft = spec.prune, spec.finetune
+    channel_info = None
+    if spec.channels.ratio:
+        if input_shape is None:
+            raise ValueError("structured pruning needs the input shape")
+        ch = spec.channels
+        channel_info = prune_channels(model, input_shape, ratio=ch.ratio, scope=ch.scope,
+                                      importance=ch.importance, round_to=ch.round_to).to_dict()
     weights = prunable_weights(model, prune.exclude)
     does_prune = prune.sparsity is not None or prune.threshold is not None
     wants_ft = ft.epochs > 0
     if wants_ft and (train_inputs is None or len(train_inputs) == 0):
         raise DataError("compress.finetune.epochs > 0 needs training data (--data)")
     gradual = does_prune and wants_ft and prune.schedule == "gradual" and prune.sparsity is not None
-    method = "none"
+    steps = []
+    if channel_info:
+        steps.append(f"channel pruning {spec.channels.ratio:.0%}")
     if does_prune:
-        method = ("gradual magnitude" if gradual else "one-shot magnitude") + \
-            (" + fine-tune" if wants_ft else "")
-    result = CompressionResult(method, prune.sparsity, prune.threshold, prune.scope, ft.epochs)
+        steps.append("gradual magnitude" if gradual else "one-shot magnitude")
+    if wants_ft and steps:
+        steps.append("fine-tune")
+    method = " + ".join(steps) or "none"
+    result = CompressionResult(method, prune.sparsity, prune.threshold, prune.scope, ft.epochs,
+                               channels=channel_info)
 
     masks: MaskSet | None = None
     if does_prune and not gradual:

@@ -63,4 +63,55 @@ class ResNet8(nn.Module):
         return self.fc(self.pool(x).flatten(1))
 
 
-BUILTIN = {"seed-cnn": SeedCNN, "resnet8": ResNet8}
+class _InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                   nn.BatchNorm2d(hidden), nn.ReLU6(),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x):
+        out = self.block(x)
+        return x + out if self.residual else out
+
+
+class MobileNetV2Cifar(nn.Module):
+    """MobileNetV2 for 32x32 inputs: inverted residuals, depthwise convs, BatchNorm, ReLU6,
+    residual Add and global average pooling; stride 1 in the stem as CIFAR variants do."""
+
+    # (expansion, out channels, repeats, first stride)
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 3, 2), (6, 96, 2, 1),
+              (6, 160, 2, 2))
+
+    def __init__(self, in_channels: int = 3, image_size: tuple[int, int] = (32, 32),
+                 num_classes: int = 10, width: float = 0.5):
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(8, int(c * width + 4) // 8 * 8)  # multiples of 8 suit SIMD kernels
+
+        stem = ch(32)
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False),
+                                   nn.BatchNorm2d(stem), nn.ReLU6()]
+        cin = stem
+        for t, c, n, s in self.STAGES:
+            for i in range(n):
+                layers.append(_InvertedResidual(cin, ch(c), s if i == 0 else 1, t))
+                cin = ch(c)
+        head = ch(640)
+        layers += [nn.Conv2d(cin, head, 1, bias=False), nn.BatchNorm2d(head), nn.ReLU6()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(head, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.pool(self.features(x)).flatten(1))
+
+
+BUILTIN = {"seed-cnn": SeedCNN, "resnet8": ResNet8, "mobilenetv2-cifar": MobileNetV2Cifar}
