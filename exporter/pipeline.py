@@ -33,6 +33,7 @@ from exporter.progress import Progress, make_progress, stderr_console
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
+from exporter.sparse_onnx import sparsify_onnx
 from exporter.training import accuracy, predict
 from exporter.validate import EVAL_BATCH, validate
 from runtime_check.cpu import describe_cpu
@@ -133,6 +134,20 @@ def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
     return outcome
 
 
+def _sparse_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
+    """A sparse-stored copy of each dense ONNX artifact where some weight is smaller sparse."""
+    out = []
+    for art in [a for a in artifacts if a.format == "onnx" and a.storage == "dense"]:
+        name = art.path.replace(".onnx", ".sparse.onnx")
+        decisions, wrote = sparsify_onnx(tmp / art.path, tmp / name)
+        if wrote and (tmp / name).stat().st_size < (tmp / art.path).stat().st_size:
+            out.append(Artifact(name, "onnx", art.precision, "sparse",
+                                {**art.extra, "tensors": [d.__dict__ for d in decisions]}))
+        else:
+            (tmp / name).unlink(missing_ok=True)
+    return out
+
+
 def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
     from exporter.tflite import convert_onnx_file
 
@@ -204,6 +219,8 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                                            "reduce_range": outcome.settings.reduce_range,
                                            "float_layers": list(outcome.settings.float_nodes)}))
             progress.update(task, advance=1)
+        if "sparse" in recipe.export.storage:
+            artifacts.extend(_sparse_copies(tmp, artifacts))
 
         np.savez(tmp / EVAL_BATCH, inputs=eval_x, labels=eval_y,
                  reference_logits=ref_logits.astype(np.float32),

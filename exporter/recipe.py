@@ -71,6 +71,9 @@ class ExportSpec:
                               doc="TFLite input layout (nchw adds one boundary TRANSPOSE)")
     precisions: list[str] = _spec(["fp32"], choices=("fp32", "int8"),
                                   doc="precisions to write for every format")
+    storage: list[str] = _spec(["dense"], choices=("dense", "sparse"),
+                               doc="sparse: also write a copy with pruned weights stored "
+                                   "sparse, for each tensor only where that is smaller")
 
 
 @dataclass(frozen=True)
