@@ -17,6 +17,7 @@ from torch import nn
 
 from exporter.atomic import atomic_path
 from exporter.errors import ConversionError, InputFileError
+from exporter.models.loading import set_mode
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,7 +47,7 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: str 
     The dynamo exporter's optimiser folds BatchNorm into the preceding conv and drops Dropout;
     the result is checked with ``onnx.checker`` and shape inference before it is renamed into place.
     """
-    module = module.eval()
+    module = set_mode(module, training=False)
     example = torch.zeros(1, *input_shape)
     try:
         with _quiet_exporter():
@@ -139,3 +140,28 @@ def describe_onnx(path: str | Path) -> dict:
         "ops": ops, "params": params, "zeros": zeros,
         "sparsity": zeros / max(1, params), "tensors": tensors,
     }
+
+
+def onnx_session(model: str | Path | bytes, *, optimize: bool = True):
+    """A quiet CPU onnxruntime session (host side; runtime_check has its own)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:  # keeps intermediate tensors that graph fusions would remove
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def run_batched(sess, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
+    """All outputs of ``sess`` on ``x``, in chunks; one image at a time for a fixed batch of 1."""
+    inp = sess.get_inputs()[0]
+    step = 1 if inp.shape and inp.shape[0] == 1 else chunk
+    parts = [sess.run(None, {inp.name: x[i:i + step]}) for i in range(0, len(x), step)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def onnx_logits(model: str | Path | bytes, x: np.ndarray) -> np.ndarray:
+    """The first output of an ONNX model on ``x``."""
+    return run_batched(onnx_session(model), x)[0]

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from exporter import __version__
 from exporter.artifacts import Artifact, save_manifest
@@ -22,7 +21,7 @@ from exporter.data import check_fits
 from exporter.errors import DataError
 from exporter.models.complexity import count_params_macs
 from exporter.models.zoo import BUILTIN
-from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape
+from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape, onnx_logits
 from exporter.prepare import (
     build_torch_model,
     check_model_output,
@@ -70,17 +69,6 @@ class RunResult:
         return bool(self.report["passed"])
 
 
-def _onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    fixed_one = sess.get_inputs()[0].shape[0] == 1
-    step = 1 if fixed_one else 256
-    return np.concatenate([sess.run(None, {name: inputs[i:i + step]})[0]
-                           for i in range(0, len(inputs), step)])
-
-
 def _check_onnx_fits(path: Path, chw: tuple[int, int, int]) -> None:
     dims, _ = onnx_input_shape(load_onnx(path))
     tail = tuple(dims[1:])
@@ -104,13 +92,13 @@ def _compress_and_export(module, recipe: Recipe, splits, norm, eval_x: np.ndarra
     comp_logits = predict(compressed, eval_x)
     task = progress.add_task("export ONNX", total=1)
     export_onnx(compressed, splits.eval.image_shape, tmp / ONNX_FP32, opset=recipe.export.opset)
-    onnx_logits = _onnx_logits(tmp / ONNX_FP32, eval_x[:64])
+    exported = onnx_logits(tmp / ONNX_FP32, eval_x[:64])
     progress.update(task, advance=1)
     params, macs = count_params_macs(compressed, splits.eval.image_shape)
     return {"compression": {**comp.to_dict(), "params": params, "macs": macs,
                             "torch_accuracy": accuracy(comp_logits, splits.eval.labels)},
             "export": {"onnx_vs_torch_max_abs_diff":
-                       float(np.abs(onnx_logits - comp_logits[:64]).max())}}
+                       float(np.abs(exported - comp_logits[:64]).max())}}
 
 
 def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
@@ -188,7 +176,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         extra: dict = {}
         if loaded.is_onnx:
             _check_onnx_fits(loaded.onnx_path, chw)
-            ref_logits = _onnx_logits(loaded.onnx_path, eval_x)
+            ref_logits = onnx_logits(loaded.onnx_path, eval_x)
             num_classes = ref_logits.shape[1]
             _check_labels(splits, chw, num_classes)
             (tmp / ONNX_FP32).write_bytes(loaded.onnx_path.read_bytes())

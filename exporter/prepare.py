@@ -12,7 +12,7 @@ from torch import nn
 
 from exporter.data import Dataset, Normalization, channel_stats, load_data, stratified_split
 from exporter.errors import DataError, ModelLoadError
-from exporter.models import LoadedModel, load_model, load_weights
+from exporter.models import LoadedModel, load_model, load_weights, set_mode
 from exporter.recipe import EvalSpec
 
 
@@ -72,7 +72,7 @@ def build_torch_model(model_spec: str, weights: str | None, ds: Dataset) -> Load
     if loaded.module is not None:
         if weights:
             load_weights(loaded.module, weights)
-        loaded.module.eval()
+        set_mode(loaded.module, training=False)
     return loaded
 
 

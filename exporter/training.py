@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporter.models.loading import set_mode
 from exporter.progress import Progress
 
 
@@ -56,7 +57,7 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
-    model.train()
+    set_mode(model, training=True)
     history: list[float] = []
     step = 0
     task = progress.add_task(label, total=total) if progress else None
@@ -84,14 +85,14 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
                                 description=f"{label} epoch {epoch + 1}/{cfg.epochs} "
                                             f"loss {running / (b + 1):.3f}")
         history.append(running / per_epoch)
-    model.eval()
+    set_mode(model, training=False)
     return history
 
 
 @torch.no_grad()
 def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits for float32 NCHW inputs, in eval mode."""
-    model.eval()
+    set_mode(model, training=False)
     outs = [model(torch.from_numpy(inputs[i:i + batch_size])).float().numpy()
             for i in range(0, len(inputs), batch_size)]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)

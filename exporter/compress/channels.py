@@ -15,6 +15,7 @@ from torch import nn
 
 from exporter.errors import ModelLoadError
 from exporter.models.complexity import count_params_macs
+from exporter.models.loading import set_mode
 
 
 @dataclass
@@ -63,7 +64,7 @@ def prune_channels(model: nn.Module, input_shape: tuple[int, int, int], *, ratio
     except Exception as exc:  # tracing a user model can fail in many ways
         raise ModelLoadError(f"structured pruning could not trace the model: "
                              f"{type(exc).__name__}: {exc}") from None
-    model.eval()
+    set_mode(model, training=False)
     params1, macs1 = count_params_macs(model, input_shape)
     channels = [{"name": n, "before": before[n], "after": m.weight.shape[0]}
                 for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))

@@ -13,8 +13,6 @@ from torch import nn
 
 from exporter.errors import RecipeError
 
-PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
-
 
 @dataclass
 class MaskSet:
@@ -29,27 +27,38 @@ class MaskSet:
             self.params[name].mul_(mask)
 
 
+def _weight_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Conv and Linear weights in definition order.
+
+    Found by parameter rather than module type, so a ``torch.export`` program (whose submodules
+    are generic) prunes the same as the eager model: a ``.weight`` of rank >= 2 is a conv
+    (rank 3-5) or fully-connected (rank 2) kernel; BatchNorm scales and biases are rank 1.
+    """
+    return [(n, p) for n, p in model.named_parameters()
+            if n.endswith("weight") and p.dim() >= 2]
+
+
 def prunable_weights(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
     """Weights of Conv/Linear layers in definition order, minus the excluded layers.
 
-    ``exclude`` holds module names, or the tokens ``first_conv`` / ``last_fc``.
+    ``exclude`` holds layer names (module paths), or the tokens ``first_conv`` / ``last_fc``.
     """
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
-    convs = [n for n, m in layers if not isinstance(m, nn.Linear)]
-    fcs = [n for n, m in layers if isinstance(m, nn.Linear)]
-    names = {n for n, _ in layers}
+    params = _weight_params(model)
+    layer = {n: n[: -len(".weight")] for n, _ in params}
+    convs = [n for n, p in params if p.dim() > 2]
+    fcs = [n for n, p in params if p.dim() == 2]
     skip: set[str] = set()
     for token in exclude:
         if token == "first_conv":
             skip.update(convs[:1])
         elif token == "last_fc":
             skip.update(fcs[-1:])
-        elif token in names:
-            skip.add(token)
+        elif token in layer.values():
+            skip.update(n for n, lay in layer.items() if lay == token)
         else:
             raise RecipeError(f"compress.prune.exclude: no prunable layer named '{token}' "
-                              f"(layers: {', '.join(sorted(names))})")
-    return {f"{n}.weight": m.weight for n, m in layers if n not in skip}
+                              f"(layers: {', '.join(sorted(layer.values()))})")
+    return {n: p for n, p in params if n not in skip}
 
 
 def _smallest_k_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,10 +116,10 @@ def cubic_sparsity(step: int, final: float, end_step: int, initial: float = 0.0)
 def layer_sparsity(model: nn.Module) -> list[dict]:
     """Per prunable layer: name, kind, weight count, zeros and sparsity."""
     rows = []
-    for name, m in model.named_modules():
-        if isinstance(m, PRUNABLE):
-            w = m.weight.detach()
-            zeros = int((w == 0).sum())
-            rows.append({"name": name, "kind": type(m).__name__, "params": int(w.numel()),
-                         "zeros": zeros, "sparsity": zeros / max(1, w.numel())})
+    for name, p in _weight_params(model):
+        w = p.detach()
+        zeros = int((w == 0).sum())
+        rows.append({"name": name[: -len(".weight")], "kind": "Linear" if w.dim() == 2 else "Conv",
+                     "params": int(w.numel()), "zeros": zeros,
+                     "sparsity": zeros / max(1, w.numel())})
     return rows

@@ -6,6 +6,6 @@ a ``torch.export`` program (``.pt2``), or an ``.onnx`` file (compression is then
 
 from __future__ import annotations
 
-from exporter.models.loading import LoadedModel, load_model, load_weights
+from exporter.models.loading import LoadedModel, load_model, load_weights, set_mode
 
-__all__ = ["LoadedModel", "load_model", "load_weights"]
+__all__ = ["LoadedModel", "load_model", "load_weights", "set_mode"]

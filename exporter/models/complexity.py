@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from exporter.models.loading import set_mode
+
 
 @torch.no_grad()
 def count_params_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -27,7 +29,7 @@ def count_params_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> tu
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
     try:
-        model.eval()(torch.zeros(1, *input_shape))
+        set_mode(model, training=False)(torch.zeros(1, *input_shape))
     finally:
         for h in hooks:
             h.remove()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -27,6 +28,13 @@ class LoadedModel:
     @property
     def is_onnx(self) -> bool:
         return self.onnx_path is not None
+
+
+def set_mode(module: nn.Module, training: bool) -> nn.Module:
+    """train()/eval(), except on torch.export programs, whose mode was fixed when exported."""
+    with contextlib.suppress(NotImplementedError):
+        module.train(training)
+    return module
 
 
 def _call_factory(factory, spec: str, in_channels: int, image_size: tuple[int, int],
@@ -84,7 +92,30 @@ def _load_exported_program(path: Path) -> nn.Module:
     except Exception as exc:  # torch raises many types for a bad archive
         raise InputFileError(f"{path}: not a readable torch.export program "
                              f"({type(exc).__name__})") from None
-    return program.module()
+    module = program.module()
+    example = [a for a in program.example_inputs[0] if isinstance(a, torch.Tensor)]
+    if len(example) == 1 and example[0].shape[0] == 1:
+        try:
+            module(torch.cat([example[0], example[0]]))
+        except Exception:  # a static batch of 1: guards refuse anything else
+            return _PerSample(module)
+    return module
+
+
+class _PerSample(nn.Module):
+    """Runs a program exported with a static batch of 1 on any batch, one image at a time."""
+
+    def __init__(self, program_module: nn.Module):
+        super().__init__()
+        self.program = program_module
+
+    def train(self, mode: bool = True):
+        # The exported graph's mode was fixed at export; only this wrapper's flag changes.
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return torch.cat([self.program(x[i:i + 1]) for i in range(x.shape[0])])
 
 
 def load_model(spec: str, in_channels: int, image_size: tuple[int, int],

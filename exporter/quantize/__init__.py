@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
+from exporter.onnx_io import onnx_logits
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
 from exporter.recipe import QuantizeSpec
@@ -63,13 +63,7 @@ def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool
 
 
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    logits = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0]
-                             for i in range(0, len(x), 256)])
-    return float((logits.argmax(1) == y).mean() * 100.0)
+    return float((onnx_logits(path, x).argmax(1) == y).mean() * 100.0)
 
 
 def quantize_stage(fp32_path: Path, out_path: Path, spec: QuantizeSpec, *, calib_x: np.ndarray,

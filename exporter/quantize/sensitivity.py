@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+from exporter.onnx_io import onnx_session, run_batched
 
 LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat",
              "GlobalAveragePool", "AveragePool", "MaxPool", "ReduceMean", "Softmax"}
@@ -30,14 +31,6 @@ def _expose(model: onnx.ModelProto, names: list[str]) -> bytes:
         if name not in have:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return model.SerializeToString()
-
-
-def _session(data: bytes) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Graph optimisations would fuse away the intermediate tensors we want to read.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
 def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
@@ -60,12 +53,13 @@ def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
     q_name = {t: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in q_tensors
               else t for _, _, t in layers}
     names = [t for _, _, t in layers]
-    s_fp, s_q = _session(_expose(fp, names)), _session(_expose(q, list(q_name.values())))
-    feed_name = s_fp.get_inputs()[0].name
-    out_fp = dict(zip([o.name for o in s_fp.get_outputs()],
-                      s_fp.run(None, {feed_name: inputs}), strict=True))
-    out_q = dict(zip([o.name for o in s_q.get_outputs()],
-                     s_q.run(None, {s_q.get_inputs()[0].name: inputs}), strict=True))
+    # Graph optimisations would fuse away the intermediate tensors we read.
+    s_fp = onnx_session(_expose(fp, names), optimize=False)
+    s_q = onnx_session(_expose(q, list(q_name.values())), optimize=False)
+    out_fp = dict(zip([o.name for o in s_fp.get_outputs()], run_batched(s_fp, inputs),
+                      strict=True))
+    out_q = dict(zip([o.name for o in s_q.get_outputs()], run_batched(s_q, inputs),
+                     strict=True))
     rows = []
     for node, op, tensor in layers:
         a = out_fp[tensor].astype(np.float64).ravel()

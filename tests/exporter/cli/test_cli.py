@@ -233,3 +233,23 @@ def test_python_api_mirrors_cli(trained, tmp_path):
     assert result.passed
     on_disk = json.loads((tmp_path / "api" / "report.json").read_text())
     assert on_disk["artifacts"][0]["accuracy"] == result.report["artifacts"][0]["accuracy"]
+
+
+def test_exported_program_runs_like_the_eager_model(trained, tmp_path):
+    from exporter.models.zoo import SeedCNN
+
+    model = SeedCNN(1, (8, 8), 10)
+    model.load_state_dict(torch.load(trained, weights_only=True))
+    # A static batch of 1, as torch.export gives by default.
+    program = torch.export.export(model.eval(), (torch.zeros(1, 1, 8, 8),))
+    torch.export.save(program, tmp_path / "seed.pt2")
+    args = ["--set", 'export.formats=["onnx"]', "--set", 'export.precisions=["fp32"]',
+            "--set", "export.storage=[\"dense\"]", "-q", *FAST]
+    assert invoke("run", "--model", tmp_path / "seed.pt2", "--out", tmp_path / "a",
+                  *args).exit_code == 0
+    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", tmp_path / "b",
+                  *args).exit_code == 0
+    a = json.loads((tmp_path / "a" / "report.json").read_text())
+    b = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert a["compression"]["pruned_fraction"] == pytest.approx(0.75, abs=1e-3)
+    assert a["artifacts"][0]["accuracy"] == pytest.approx(b["artifacts"][0]["accuracy"], abs=0.6)
