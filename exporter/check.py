@@ -12,6 +12,7 @@ from exporter.errors import InputFileError
 from exporter.progress import make_progress, stderr_console
 from exporter.recipe import load_recipe
 from exporter.report import build_report, print_table
+from exporter.report_html import render_html
 from exporter.validate import EVAL_BATCH, make_runner, validate
 
 REPORT = "report.json"
@@ -42,6 +43,8 @@ def check_dir(out_dir: Path, target: str, *, host: str | None = None,
     )
     with atomic_path(dest, force=force) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+    with atomic_path(dest.with_suffix(".html"), force=True) as tmp:  # force: json decided
+        tmp.write_text(render_html(report))
     if not quiet:
         print_table(report, stderr_console())
     return report

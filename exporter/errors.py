@@ -67,3 +67,7 @@ class UnsupportedOpsError(ConversionError):
 
 class RuntimeCheckError(EdgepackError):
     """Validation could not run (runtime missing, runner failed)."""
+
+
+class PackageError(EdgepackError):
+    """An output directory cannot be packaged, or a package fails verification."""

@@ -32,6 +32,7 @@ from exporter.progress import Progress, make_progress, stderr_console
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
+from exporter.report_html import write_html
 from exporter.sparse_onnx import sparsify_onnx
 from exporter.training import accuracy, predict
 from exporter.validate import EVAL_BATCH, validate
@@ -231,6 +232,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             extra={**extra, "edgepack_version": __version__},
         )
         write_report(report, tmp / REPORT)
+        write_html(report, tmp / "report.html")
     return RunResult(report, opts.out, artifacts)
 
 

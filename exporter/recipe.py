@@ -39,7 +39,8 @@ def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None
 class DeviceSpec:
     kind: str = _spec("local", choices=("local", "qemu", "ssh"),
                       doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH")
-    cpu: str | None = _spec(None, doc="QEMU CPU model (e.g. cortex-a72); informational for local/ssh")
+    cpu: str | None = _spec(None, doc="QEMU CPU model: cortex-a53, cortex-a72, cortex-a76 or "
+                                      "neoverse-n1 (never max); informational for local/ssh")
     host: str | None = _spec(None, doc="user@host[:port] for ssh targets (--host overrides it)")
     python: str = _spec("python3", doc="python interpreter on an ssh device (qemu targets use "
                                        "the sysroot's python3.11)")

@@ -15,7 +15,7 @@ SCHEMA_VERSION = 1
 
 _MEASURED = ("bytes", "gzip_bytes", "accuracy", "agreement", "max_abs_diff", "latency_ms",
              "threads", "runtime", "runtime_version", "delegate", "peak_rss_mb", "input",
-             "samples", "status", "reason")
+             "samples", "status", "reason", "instructions_per_inference", "emulated")
 
 
 def build_report(*, target: dict, model: dict, data: dict, recipe: dict, reference: dict,
@@ -65,23 +65,33 @@ def print_table(report: dict, console: Console) -> None:
     ref = report["reference"]
     table = Table(title=f"edgepack — {report['model']['spec']} on {report['target']['name']} "
                         f"(reference accuracy {ref['accuracy']:.2f} %)")
-    for col in ("artifact", "runtime", "bytes", "gzip", "acc %", "drop", "agree", "max|Δ|",
-                "p50 ms", "p90 ms", "RSS MB", "budgets"):
+    # Under QEMU the deterministic figure is the instruction count; wall time is emulated.
+    counted = any("instructions_per_inference" in a for a in report["artifacts"])
+    emulated = any(a.get("emulated") for a in report["artifacts"])
+    lat = "emu ms" if emulated else "ms"
+    cols = ["artifact", "runtime", "bytes", "gzip", "acc %", "drop", "agree", "max|Δ|",
+            f"p50 {lat}", f"p90 {lat}", *(["Minsn/inf"] if counted else []), "RSS MB", "budgets"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("artifact", "runtime", "budgets")
                          else "right")
     for a in report["artifacts"]:
         if a.get("status") != "ok":
-            table.add_row(a["path"], a.get("runtime", "-"), _fmt(a.get("bytes"), ","), "", "", "",
-                          "", "", "", "", "", f"{a.get('status')}: {a.get('reason', '')}")
+            table.add_row(a["path"], a.get("runtime", "-"), _fmt(a.get("bytes"), ","),
+                          *[""] * (len(cols) - 4), f"{a.get('status')}: {a.get('reason', '')}")
             continue
         failed = [n for n, b in a["budgets"].items() if not b["ok"]]
+        insn = a.get("instructions_per_inference")
         table.add_row(
             a["path"], a["runtime"], f"{a['bytes']:,}", f"{a['gzip_bytes']:,}",
             f"{a['accuracy']:.2f}", f"{a['accuracy_drop']:+.2f}", f"{a['agreement']:.4f}",
             f"{a['max_abs_diff']:.2e}", f"{a['latency_ms']['p50']:.3f}",
-            f"{a['latency_ms']['p90']:.3f}", _fmt(a.get("peak_rss_mb"), ".0f"),
-            "FAIL " + ", ".join(failed) if failed else "ok")
+            f"{a['latency_ms']['p90']:.3f}",
+            *([_fmt(None if insn is None else insn / 1e6, ".3f")] if counted else []),
+            _fmt(a.get("peak_rss_mb"), ".0f"), "FAIL " + ", ".join(failed) if failed else "ok")
     console.print(table)
+    if emulated:
+        console.print("latency is emulated wall time (not a measurement of the device); "
+                      "Minsn/inf: guest instructions per inference, repeatable to ~0.3 %")
     if report["passed"]:
         console.print("[bold green]PASSED[/]: every artifact holds the target's budgets.")
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -16,6 +17,30 @@ from runtime_check.runtimes import ArtifactError, RuntimeUnavailable, open_sessi
 
 # ru_maxrss is in kilobytes on Linux and bytes on macOS.
 _RSS_UNIT = 1024 if sys.platform == "darwin" else 1
+
+# Marker syscalls around the timed loop: close() of descriptors no process can have open. It
+# fails at once (EBADF) on a real device; under QEMU the insn_count plugin sees the syscall and
+# counts guest instructions between the two, writing the count to $RUNTIME_CHECK_INSN_FILE.
+MARK_START = 1_000_001
+MARK_STOP = 1_000_002
+INSN_FILE_ENV = "RUNTIME_CHECK_INSN_FILE"
+
+
+def _marker(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _instructions_counted() -> int | None:
+    """The plugin's count for the last window, or None when not running under it."""
+    path = os.environ.get(INSN_FILE_ENV)
+    if not path:
+        return None
+    try:
+        with open(path, encoding="ascii") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def load_batch(path: str | Path) -> dict[str, np.ndarray]:
@@ -66,6 +91,24 @@ def gzip_size(path: Path) -> int:
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
 
 
+def _run_all(sess, x: np.ndarray) -> np.ndarray:
+    if sess.batchable:
+        logits = np.concatenate([sess.run(x[i:i + 256]) for i in range(0, len(x), 256)])
+    else:
+        logits = np.concatenate([sess.run(x[i:i + 1]) for i in range(len(x))])
+    return logits.reshape(len(x), -1).astype(np.float32)
+
+
+def logits_for(path: str | Path, batch: str | Path, *, threads: int = 1,
+               delegate: str = "xnnpack", layout: str | None = None) -> np.ndarray:
+    """The artifact's float logits on every image of the eval batch (for comparing devices)."""
+    path = Path(path)
+    inputs = load_batch(batch)["inputs"]
+    sess = open_session(path, threads, delegate)
+    lay = _layout(sess.input.shape, tuple(inputs.shape[1:]), layout, path.suffix.lstrip("."))
+    return _run_all(sess, _prepare(inputs, lay, sess.input))
+
+
 def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads: int = 1,
                       warmup: int = 10, runs: int = 100, delegate: str = "xnnpack",
                       layout: str | None = None) -> dict:
@@ -90,11 +133,7 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         x = _prepare(inputs, lay, sess.input)
         result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
                            "scale": sess.input.scale, "zero_point": sess.input.zero_point}
-        if sess.batchable:
-            logits = np.concatenate([sess.run(x[i:i + 256]) for i in range(0, len(x), 256)])
-        else:
-            logits = np.concatenate([sess.run(x[i:i + 1]) for i in range(len(x))])
-        logits = logits.reshape(len(x), -1).astype(np.float32)
+        logits = _run_all(sess, x)
         if logits.shape != ref.shape:
             raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "
                                 f"{list(ref.shape)}")
@@ -106,12 +145,17 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         for _ in range(warmup):
             sess.run(x[:1])
         times = []
+        _marker(MARK_START)
         for i in range(runs):
             one = x[i % len(x):i % len(x) + 1]
             t0 = time.perf_counter_ns()
             sess.run(one)
             times.append((time.perf_counter_ns() - t0) / 1e6)
+        _marker(MARK_STOP)
         result["latency_ms"] = _percentiles(times)
+        counted = _instructions_counted()
+        if counted is not None:
+            result["instructions_per_inference"] = counted / runs
     except ArtifactError as exc:
         return {**result, "status": "error", "reason": str(exc)}
     return result

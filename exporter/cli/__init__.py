@@ -33,15 +33,18 @@ def cli() -> None:
 def _register() -> None:
     from exporter.cli import (
         check_cmd,
+        compare_cmd,
         inspect_cmd,
         ops_cmd,
+        package_cmd,
         run_cmd,
         target_cmd,
         targets_cmd,
         train_cmd,
     )
 
-    for module in (run_cmd, train_cmd, check_cmd, targets_cmd, target_cmd, inspect_cmd, ops_cmd):
+    for module in (run_cmd, train_cmd, check_cmd, targets_cmd, target_cmd, inspect_cmd, ops_cmd,
+                   package_cmd, compare_cmd):
         cli.add_command(module.command)
 
 

@@ -31,8 +31,12 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
 @click.option("--force", is_flag=True, help="replace an existing --out directory")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars or table")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
+@click.option("--package/--no-package", "package", default=False,
+              help="after a passed run, package it for --platform (see `edgepack package`)")
+@click.option("--platform", type=click.Choice(["android", "ios"]), default="android",
+              show_default=True, help="platform of --package")
 def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsity, epochs, mean, std,
-            force, quiet, as_json):
+            force, quiet, as_json, package, platform):
     """Compress MODEL, export ONNX and TFLite, validate every artifact on TARGET, report.
 
     Exit code 0 when every budget holds, 1 when one fails, 2 for bad input.
@@ -52,4 +56,12 @@ def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsi
         click.echo(json.dumps(result.report, indent=2))
     elif not quiet:
         click.echo(f"report: {out / REPORT}")
+        click.echo(f"report: {out / 'report.html'}")
+    if package and result.passed:
+        from exporter.package import package_dir
+
+        # The run just replaced --out, so an older package inside it is already gone.
+        pkg = package_dir(out, platform, force=force)
+        if not quiet and not as_json:
+            click.echo(f"package: {pkg.dir}/ and {pkg.zip}")
     ctx.exit(EXIT_OK if result.passed else EXIT_BUDGET_FAILED)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,30 @@ class ConversionResult:
     op_counts: dict[str, int]
     transpose_count: int
     input_layout: str  # "nhwc" | "nchw"
+    precision: str = "fp32"  # "int8" when the ONNX model was QDQ-quantized
+    io_dtype: str = "float32"  # dtype of the model's input/output tensors
+    float_fallback_ops: list[str] = field(default_factory=list)  # int8: ops left in float
+
+
+Normalization = tuple[Sequence[float], Sequence[float]]
 
 
 def convert_model(
-    model: onnx.ModelProto, *, input_layout: str = "nhwc"
+    model: onnx.ModelProto,
+    *,
+    input_layout: str = "nhwc",
+    io_dtype: str = "float32",
+    normalization: Normalization | None = None,
 ) -> tuple[bytes, dict[str, Any]]:
-    """Convert an in-memory ONNX model; returns the .tflite bytes and stats."""
-    data, graph = convert(model, input_layout)
+    """Convert an in-memory ONNX model; returns the .tflite bytes and stats.
+
+    A QDQ-quantized model (QuantizeLinear/DequantizeLinear) becomes a full-integer int8 model.
+    ``io_dtype``: "float32" (QUANTIZE / DEQUANTIZE inside the model), "int8" (int8 input and
+    output with the ONNX scales), or "uint8": raw NHWC camera pixels in, normalized inside the
+    model with ``normalization=(mean, std)`` as ``(p / 255 - mean) / std``; the output is then
+    int8 as with "int8".
+    """
+    data, graph, info = convert(model, input_layout, io_dtype=io_dtype, normalization=normalization)
     counts = graph.op_counts()
     stats = {
         "op_counts": counts,
@@ -53,7 +71,12 @@ def convert_model(
         "input_layout": input_layout,
         "inputs": {n: list(graph.tensors[n].shape) for n in graph.inputs},
         "outputs": {n: list(graph.tensors[n].shape) for n in graph.outputs},
+        "precision": info.precision,
+        "io_dtype": info.io_dtype,
+        "float_fallback_ops": list(info.float_fallback_ops),
     }
+    if info.normalization is not None:
+        stats["normalization"] = info.normalization
     return data, stats
 
 
@@ -62,12 +85,19 @@ def convert_onnx_file(
     tflite_path: str | os.PathLike,
     *,
     input_layout: str = "nhwc",
+    io_dtype: str = "float32",
+    normalization: Normalization | None = None,
     force: bool = True,
 ) -> ConversionResult:
-    """Convert ``onnx_path`` and write ``tflite_path`` atomically (nothing written on error)."""
+    """Convert ``onnx_path`` and write ``tflite_path`` atomically (nothing written on error).
+
+    Keywords as in :func:`convert_model`.
+    """
     start = time.perf_counter()
     model = load_onnx_file(onnx_path)
-    data, stats = convert_model(model, input_layout=input_layout)
+    data, stats = convert_model(
+        model, input_layout=input_layout, io_dtype=io_dtype, normalization=normalization
+    )
     path = atomic_write_bytes(tflite_path, data, force=force)
     return ConversionResult(
         path=path,
@@ -76,6 +106,9 @@ def convert_onnx_file(
         op_counts=stats["op_counts"],
         transpose_count=stats["transpose_count"],
         input_layout=input_layout,
+        precision=stats["precision"],
+        io_dtype=stats["io_dtype"],
+        float_fallback_ops=stats["float_fallback_ops"],
     )
 
 

@@ -14,6 +14,7 @@ import onnx
 
 from exporter.errors import ConversionError
 from exporter.tflite import layout as L
+from exporter.tflite import quant
 from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import OnnxGraph, attrs, node_label
 
@@ -26,6 +27,9 @@ class ConversionContext:
         self._values: dict[str, dict[L.Layout, str]] = {}
         self._consts: dict[tuple[str, L.Layout], str] = {}
         self.node: onnx.NodeProto | None = None
+        # QDQ models only: int8 parameters of ONNX values, and nodes that must stay float.
+        self.qparams: dict[str, quant.QParams] = {}
+        self.float_nodes: set[str] = set()
 
     # ----- reading the ONNX side -------------------------------------------------------
     def const(self, name: str) -> np.ndarray | None:
@@ -61,6 +65,11 @@ class ConversionContext:
 
     def bind(self, onnx_name: str, tensor: str, layout: L.Layout) -> None:
         self._values.setdefault(onnx_name, {})[layout] = tensor
+        params = self.qparams.get(onnx_name)
+        held = self.graph.tensors[tensor]
+        if params is not None and held.scales is None and not held.is_const:
+            # Every TFLite copy of an ONNX value (any layout) carries the value's int8 params.
+            quant.set_params(held, params)
 
     def output(self, onnx_name: str, layout: L.Layout, dtype: str = "float32") -> str:
         """Create and bind the TFLite tensor for ONNX output ``onnx_name`` in ``layout``."""
@@ -121,7 +130,9 @@ class ConversionContext:
 
     # ----- emitting ---------------------------------------------------------------------
     def emit(self, op: str, inputs: list[str | None], outputs: list[str], **options: Any) -> None:
-        self.graph.add_op(op, inputs, outputs, **options)
+        operator = self.graph.add_op(op, inputs, outputs, **options)
+        if self.node is not None and node_label(self.node) in self.float_nodes:
+            operator.keep_float = True
 
     def const_tensor(self, hint: str, value: Any, dtype: str | None = None) -> str:
         return self.graph.add_const(hint, value, dtype)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import onnx
 
 from exporter.errors import ConversionError, UnsupportedOpsError
 from exporter.tflite import layout as L
+from exporter.tflite import qdq
 from exporter.tflite.context import ConversionContext
+from exporter.tflite.int8 import IO_DTYPES, quantize_graph
 from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
 from exporter.tflite.passes import run_passes
@@ -85,11 +90,19 @@ def _rename(graph: Graph, old: str, new: str) -> None:
     graph.outputs = [new if o == old else o for o in graph.outputs]
 
 
-def lower(onnx_graph: OnnxGraph, input_layout: str = "nhwc") -> Graph:
-    """Pre-flight, then lower every node and run the passes; returns the final IR graph."""
+def lower(
+    onnx_graph: OnnxGraph, input_layout: str = "nhwc", qdq_info: qdq.QdqInfo | None = None
+) -> Graph:
+    """Pre-flight, then lower every node and run the passes; returns the final IR graph.
+
+    With ``qdq_info`` the float graph comes out annotated with int8 parameters, ready for
+    ``int8.quantize_graph``.
+    """
     if input_layout not in INPUT_LAYOUTS:
         raise ValueError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
     ctx = ConversionContext(onnx_graph)
+    if qdq_info is not None:
+        ctx.qparams, ctx.float_nodes = qdq_info.params, qdq_info.float_nodes
     preflight(ctx)
     registry = load_all()
     _bind_inputs(ctx, input_layout)
@@ -106,6 +119,40 @@ def lower(onnx_graph: OnnxGraph, input_layout: str = "nhwc") -> Graph:
     return run_passes(ctx.graph)
 
 
-def convert(model: onnx.ModelProto, input_layout: str = "nhwc") -> tuple[bytes, Graph]:
-    graph = lower(read_graph(model), input_layout)
-    return serialize(graph), graph
+@dataclass
+class ConvertInfo:
+    precision: str = "fp32"  # "fp32" | "int8"
+    io_dtype: str = "float32"
+    float_fallback_ops: list[str] = field(default_factory=list)
+    normalization: str | None = None
+
+
+def convert(
+    model: onnx.ModelProto,
+    input_layout: str = "nhwc",
+    *,
+    io_dtype: str = "float32",
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> tuple[bytes, Graph, ConvertInfo]:
+    """ONNX -> .tflite bytes; a model with QuantizeLinear/DequantizeLinear becomes full-integer."""
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+    if (io_dtype == "uint8") != (normalization is not None):
+        raise ValueError(
+            "normalization=(mean, std) is required with io_dtype='uint8' and only then"
+        )
+    if io_dtype == "uint8" and input_layout != "nhwc":
+        raise ValueError("io_dtype='uint8' takes raw NHWC camera pixels; use input_layout='nhwc'")
+    if not qdq.has_qdq(model):
+        if io_dtype != "float32":
+            raise ValueError(
+                f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
+            )
+        graph = lower(read_graph(model), input_layout)
+        return serialize(graph), graph, ConvertInfo()
+    weights = qdq.quantized_weight_names(model)
+    onnx_graph = read_graph(model)
+    info = qdq.fold_qdq(onnx_graph, weights)
+    graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
+    result = ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
+    return serialize(graph), graph, result

@@ -38,6 +38,7 @@ class Operator:
     inputs: list[str | None]  # None is an omitted optional input (-1 in the file)
     outputs: list[str]
     options: dict[str, Any] = field(default_factory=dict)
+    keep_float: bool = False  # int8 export: the source node was left in float on purpose
 
 
 @dataclass
@@ -100,6 +101,17 @@ class Graph:
         """Point every consumer (and graph output) of ``old`` at ``new``."""
         for op in self.operators:
             op.inputs = [new if i == old else i for i in op.inputs]
+        self.outputs = [new if o == old else o for o in self.outputs]
+
+    def rename(self, old: str, new: str) -> None:
+        """Rename tensor ``old`` to the unused name ``new`` everywhere it is referenced."""
+        t = self.tensors.pop(old)
+        t.name = new
+        self.tensors[new] = t
+        for op in self.operators:
+            op.inputs = [new if i == old else i for i in op.inputs]
+            op.outputs = [new if o == old else o for o in op.outputs]
+        self.inputs = [new if i == old else i for i in self.inputs]
         self.outputs = [new if o == old else o for o in self.outputs]
 
     def op_counts(self) -> dict[str, int]:

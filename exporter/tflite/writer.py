@@ -215,5 +215,19 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
         "tensors": tensors,
         "inputs": [tensors[i]["name"] for i in sub.inputs],
         "outputs": [tensors[i]["name"] for i in sub.outputs],
+        "input_details": [_io_detail(tensors[i]) for i in sub.inputs],
+        "output_details": [_io_detail(tensors[i]) for i in sub.outputs],
         "total_bytes": len(data),
+    }
+
+
+def _io_detail(tensor: dict[str, Any]) -> dict[str, Any]:
+    """Name, shape, dtype and (per-tensor) scale / zero point: what a caller must feed / read."""
+    q = tensor.get("quantization")
+    return {
+        "name": tensor["name"],
+        "shape": tensor["shape"],
+        "dtype": tensor["dtype"],
+        "scale": q["scales"][0] if q else None,
+        "zero_point": q["zero_points"][0] if q and q["zero_points"] else None,
     }

@@ -7,6 +7,7 @@ from exporter.tflite.ops import (  # noqa: F401
     linear,
     normalization,
     pool,
+    qdq,
     reduce,
     resize,
     shape,

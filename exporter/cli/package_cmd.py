@@ -1,0 +1,43 @@
+"""``edgepack package DIR --platform P`` and ``edgepack package --verify ZIP``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from exporter.errors import PackageError
+
+
+@click.command("package")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--platform", type=click.Choice(["android", "ios"]), default="android",
+              show_default=True, help="which USAGE.md and zip to write")
+@click.option("--verify", is_flag=True,
+              help="TARGET is a package zip: check it against its manifest and run its models")
+@click.option("--allow-failed", is_flag=True,
+              help="package a run that failed validation (marked allow_failed in the manifest)")
+@click.option("--force", is_flag=True, help="replace an existing package directory and zip")
+@click.option("-q", "--quiet", is_flag=True)
+def command(target, platform, verify, allow_failed, force, quiet):
+    """Package the validated models of edgepack output directory TARGET for a mobile app.
+
+    Writes TARGET/package/<platform>/ and TARGET/<dirname>-<platform>.zip: model.tflite (with
+    TFLite metadata and labels), model.ort, labels.txt, manifest.json, USAGE.md.
+    """
+    from exporter.package import package_dir, verify_zip
+
+    if verify:
+        res = verify_zip(target)
+        if not quiet:
+            ran = (f"; model.tflite and model.ort ran on {res['samples']} input(s) from "
+                   f"{res['inputs']}, top-1 agreement {res['tflite_ort_agreement']:.3f}")
+            click.echo(f"verified {target}: {res['files']} files match manifest.json{ran}")
+        return
+    if target.suffix == ".zip":
+        raise PackageError(f"{target} is a zip: use --verify to check it")
+    res = package_dir(target, platform, force=force, allow_failed=allow_failed)
+    if not quiet:
+        size = res.zip.stat().st_size
+        note = " (from a FAILED validation)" if res.manifest["allow_failed"] else ""
+        click.echo(f"package: {res.dir}/ and {res.zip} ({size:,} bytes){note}")

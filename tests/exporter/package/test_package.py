@@ -1,0 +1,267 @@
+"""edgepack package / --verify on a real digits run (module-scoped: one training, one run)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+from click.testing import CliRunner
+
+from exporter.cli import cli
+from exporter.errors import PackageError
+from exporter.package.zipfile_det import FIXED_TIME, check_entry_name, zip_bytes
+from tests.exporter.package.fb_reader import read_model_metadata
+
+FAST = ["--set", "runtime.runs=10", "--set", "runtime.warmup=1",
+        "--set", "compress.finetune.epochs=1"]
+PACKAGE_FILES = {"model.tflite", "model.ort", "required_operators.config", "labels.txt",
+                 "manifest.json", "USAGE.md", "sample_inputs.npz"}
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_line_error(res, *fragments):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip() and not ln.startswith("INFO")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for frag in fragments:
+        assert frag in lines[0], (frag, lines[0])
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A passed digits run, packaged for Android by `edgepack run --package`."""
+    tmp = tmp_path_factory.mktemp("pkg")
+    res = invoke("train", "--data", "digits", "--epochs", "3", "--out", tmp / "seed.pt", "-q")
+    assert res.exit_code == 0, res.output
+    out = tmp / "small"
+    res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--out", out,
+                 "-q", "--package", "--platform", "android", *FAST)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.fixture
+def copy_dir(run_dir, tmp_path):
+    """A copy of the run without its package, to damage freely."""
+    def make(name: str = "copy") -> Path:
+        dst = tmp_path / name
+        shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("package", "*.zip"))
+        return dst
+    return make
+
+
+def edit_report(path: Path, change) -> None:
+    report = json.loads((path / "report.json").read_text())
+    change(report)
+    (path / "report.json").write_text(json.dumps(report))
+
+
+def test_run_package_writes_dir_and_deterministic_zip(run_dir):
+    pkg = run_dir / "package" / "android"
+    zpath = run_dir / "small-android.zip"
+    assert {p.name for p in pkg.iterdir()} == PACKAGE_FILES
+    with zipfile.ZipFile(zpath) as zf:
+        infos = zf.infolist()
+        names = [i.filename for i in infos]
+        assert names == sorted(PACKAGE_FILES)
+        for info in infos:
+            assert info.date_time == FIXED_TIME
+            assert (info.external_attr >> 16) & 0o777 == 0o644
+            assert zf.read(info) == (pkg / info.filename).read_bytes()
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest["allow_failed"] is False and manifest["validation"]["passed"] is True
+    assert set(manifest["files"]) == PACKAGE_FILES - {"manifest.json"}
+    assert manifest["models"]["model.tflite"]["source"] == "model.fp32.tflite"
+    assert manifest["models"]["model.ort"]["source"] == "model.int8.onnx"
+    assert manifest["classes"] == [str(i) for i in range(10)]
+    assert (pkg / "labels.txt").read_text().splitlines() == manifest["classes"]
+    usage = (pkg / "USAGE.md").read_text()
+    assert "org.tensorflow.lite.Interpreter" in usage and "[1, 8, 8, 1]" in usage
+
+
+def test_repackaging_gives_identical_bytes(run_dir):
+    zpath = run_dir / "small-android.zip"
+    first = zpath.read_bytes()
+    res = invoke("package", run_dir, "--platform", "android", "-q")
+    one_line_error(res, "already exists", "--force")
+    assert zpath.read_bytes() == first
+    res = invoke("package", run_dir, "--platform", "android", "--force", "-q")
+    assert res.exit_code == 0, res.output
+    assert zpath.read_bytes() == first
+
+
+def test_ios_package(run_dir):
+    res = invoke("package", run_dir, "--platform", "ios", "--force")
+    assert res.exit_code == 0, res.output
+    usage = (run_dir / "package" / "ios" / "USAGE.md").read_text()
+    assert "TensorFlowLiteSwift" in usage and "Interpreter(modelPath:" in usage
+    assert invoke("package", "--verify", run_dir / "small-ios.zip").exit_code == 0
+
+
+def test_verify_passes_on_fresh_package(run_dir):
+    res = invoke("package", "--verify", run_dir / "small-android.zip")
+    assert res.exit_code == 0, res.output
+    assert "7 files match" in res.output and "16 input(s)" in res.output
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+
+
+def _rewrite(src: Path, dst: Path, change) -> Path:
+    with zipfile.ZipFile(src) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    change(files)
+    dst.write_bytes(zip_bytes(files))
+    return dst
+
+
+@pytest.mark.parametrize(("change", "fragments"), [
+    (lambda f: f.__setitem__("labels.txt", f["labels.txt"] + b"x\n"),
+     ("altered", "labels.txt")),
+    (lambda f: f.__setitem__("model.tflite", _flip(f["model.tflite"], 1000)),
+     ("altered", "model.tflite")),
+    (lambda f: f.pop("model.ort"), ("missing", "model.ort")),
+    (lambda f: f.__setitem__("notes.txt", b"hi"), ("extra", "notes.txt")),
+    (lambda f: f.pop("manifest.json"), ("no manifest.json",)),
+])
+def test_verify_fails(run_dir, tmp_path, change, fragments):
+    bad = _rewrite(run_dir / "small-android.zip", tmp_path / "bad.zip", change)
+    one_line_error(invoke("package", "--verify", bad), *fragments)
+
+
+def _litert(model: bytes, x: np.ndarray) -> np.ndarray:
+    interp = Interpreter(model_content=model)
+    interp.allocate_tensors()
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    rows = []
+    for i in range(len(x)):
+        interp.set_tensor(inp["index"], x[i:i + 1])
+        interp.invoke()
+        rows.append(interp.get_tensor(out["index"]).copy())
+    return np.concatenate(rows)
+
+
+def test_packaged_tflite_gives_identical_outputs(run_dir):
+    x = np.load(run_dir / "eval_batch.npz")["inputs"].transpose(0, 2, 3, 1)
+    plain = _litert((run_dir / "model.fp32.tflite").read_bytes(), x)
+    packed = _litert((run_dir / "package" / "android" / "model.tflite").read_bytes(), x)
+    assert np.array_equal(plain, packed)
+
+
+def _metadata_buffer(model: bytes) -> bytes:
+    root = schema.Model.GetRootAs(model, 0)
+    names = [root.Metadata(i).Name() for i in range(root.MetadataLength())]
+    assert names.count(b"TFLITE_METADATA") == 1
+    md = root.Metadata(names.index(b"TFLITE_METADATA"))
+    return root.Buffers(md.Buffer()).DataAsNumpy().tobytes()
+
+
+def test_metadata_reads_back(run_dir):
+    model = (run_dir / "package" / "android" / "model.tflite").read_bytes()
+    assert model[4:8] == b"TFL3"
+    report = json.loads((run_dir / "report.json").read_text())
+    norm = report["data"]["normalization"]
+    meta = read_model_metadata(_metadata_buffer(model))
+    assert (meta["name"], meta["author"], meta["license"]) == ("small", "edgepack", "Apache-2.0")
+    assert meta["version"] == "0.1.0" and meta["min_parser_version"] == "1.0.0"
+    (sub,) = meta["subgraphs"]
+    inp, out = sub["input"], sub["output"]
+    assert inp["name"] == "image" and inp["content_type"] == 2  # ImageProperties
+    assert inp["color_space"] == 2 and (inp["width"], inp["height"]) == (8, 8)  # GRAYSCALE
+    assert inp["unit_type"] == 1  # NormalizationOptions
+    np.testing.assert_allclose(inp["mean"], np.array(norm["mean"]) * 255, rtol=1e-6)
+    np.testing.assert_allclose(inp["std"], np.array(norm["std"]) * 255, rtol=1e-6)
+    x = np.load(run_dir / "eval_batch.npz")["inputs"]  # 0 and 255 both occur in digits
+    np.testing.assert_allclose([inp["stats_min"][0], inp["stats_max"][0]],
+                               [x.min(), x.max()], rtol=1e-5)
+    assert out["name"] == "logits" and out["content_type"] == 1  # FeatureProperties
+    assert out["files"] == [{"name": "labels.txt", "description": "class names, one per line",
+                             "type": 2}]  # TENSOR_AXIS_LABELS
+    with zipfile.ZipFile(io.BytesIO(model)) as zf:  # the associated file, packed in the model
+        (info,) = zf.infolist()
+        assert info.filename == "labels.txt" and info.compress_type == zipfile.ZIP_STORED
+        assert zf.read(info).decode().splitlines() == report["model"]["classes"]
+
+
+def test_metadata_with_tflite_support_reader(run_dir):
+    """tflite-support's generated reader, where installed (pip install --no-deps tflite-support)."""
+    gen = pytest.importorskip("tensorflow_lite_support.metadata.metadata_schema_py_generated")
+    model = (run_dir / "package" / "android" / "model.tflite").read_bytes()
+    buf = _metadata_buffer(model)
+    assert gen.ModelMetadata.ModelMetadataBufferHasIdentifier(buf, 0)
+    m = gen.ModelMetadataT.InitFromPackedBuf(buf, 0)
+    tin = m.subgraphMetadata[0].inputTensorMetadata[0]
+    tout = m.subgraphMetadata[0].outputTensorMetadata[0]
+    assert tin.content.contentProperties.colorSpace == gen.ColorSpaceType.GRAYSCALE
+    assert isinstance(tin.processUnits[0].options, gen.NormalizationOptionsT)
+    assert tout.associatedFiles[0].name == b"labels.txt"
+    assert tout.associatedFiles[0].type == gen.AssociatedFileType.TENSOR_AXIS_LABELS
+
+
+def test_ort_model_matches_onnx_top1(run_dir):
+    batch = np.load(run_dir / "eval_batch.npz")
+    x = batch["inputs"]
+    ref = ort.InferenceSession(str(run_dir / "model.int8.onnx"),
+                               providers=["CPUExecutionProvider"])
+    packed = ort.InferenceSession((run_dir / "package" / "android" / "model.ort").read_bytes(),
+                                  providers=["CPUExecutionProvider"])
+    top_ref = ref.run(None, {ref.get_inputs()[0].name: x})[0].argmax(1)
+    top_pkg = packed.run(None, {packed.get_inputs()[0].name: x})[0].argmax(1)
+    assert np.array_equal(top_ref, top_pkg)
+    config = (run_dir / "package" / "android" / "required_operators.config").read_text()
+    assert "QLinearConv" in config and "/tmp" not in config and "# - model.ort" in config
+
+
+def test_no_report(tmp_path):
+    (tmp_path / "x").mkdir()
+    one_line_error(invoke("package", tmp_path / "x"), "not an edgepack output directory")
+    assert not (tmp_path / "x" / "package").exists()
+
+
+def test_failed_validation_refused_then_allowed(copy_dir):
+    d = copy_dir("failed")
+
+    def fail(r):
+        r["passed"] = False
+        r["reasons"] = ["model.fp32.tflite: max_latency_p90_ms 9.0 > 1.0"]
+    edit_report(d, fail)
+    one_line_error(invoke("package", d), "failed validation", "--allow-failed")
+    assert not (d / "package").exists() and not (d / "failed-android.zip").exists()
+    res = invoke("package", d, "--allow-failed", "-q")
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((d / "package" / "android" / "manifest.json").read_text())
+    assert manifest["allow_failed"] is True and manifest["validation"]["passed"] is False
+    assert "FAILED" in (d / "package" / "android" / "USAGE.md").read_text()
+
+
+def test_missing_classes(copy_dir):
+    d = copy_dir()
+    edit_report(d, lambda r: r["model"].pop("classes"))
+    one_line_error(invoke("package", d), "no class names")
+    assert not (d / "package").exists()
+
+
+def test_no_tflite(copy_dir):
+    d = copy_dir()
+    (d / "model.fp32.tflite").unlink()
+    one_line_error(invoke("package", d), "no TFLite artifact")
+    assert not (d / "package").exists()
+
+
+def test_zip_entry_names_are_checked():
+    for bad in ("/etc/passwd", "../x", "a/../b", "a\\b", "C:x", ""):
+        with pytest.raises(PackageError):
+            check_entry_name(bad)
+    assert zip_bytes({"b": b"2", "a": b"1"}) == zip_bytes({"a": b"1", "b": b"2"})

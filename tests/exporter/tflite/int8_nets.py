@@ -1,0 +1,62 @@
+"""A MobileNetV2-style net a little wider than nets.MobileNetV2Tiny, for the int8 size test.
+
+MobileNetV2Tiny is so small (~14k weights) that the per-channel scale / zero-point vectors the
+TFLite schema requires outweigh the int8 savings; this one has weights enough to be a fair
+measure of the int8 file size. Same patterns: BatchNorm, ReLU6, depthwise, residual Add.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from nets import InvertedResidual, _conv_bn
+from torch import nn
+
+
+class MobileNetV2Small(nn.Module):
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_bn(3, 32, 3),
+            nn.ReLU6(),
+            InvertedResidual(32, 32, 1, 6),
+            InvertedResidual(32, 64, 2, 6),
+            InvertedResidual(64, 64, 1, 6),
+            InvertedResidual(64, 96, 2, 6),
+            InvertedResidual(96, 96, 1, 6),
+            *_conv_bn(96, 384, 1),
+            nn.ReLU6(),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(384, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.adaptive_avg_pool2d(self.features(x), 1)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics (as nets.build does), then eval mode."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+class SeedCNNValid(nn.Module):
+    """nets.SeedCNN with an unpadded first conv: the uint8 input normalization folds into it."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc1 = nn.Linear(32 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
