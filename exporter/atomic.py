@@ -15,6 +15,17 @@ from pathlib import Path
 from exporter.errors import OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual modes."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def check_writable(path: Path, force: bool) -> None:
     """Refuse to replace an existing output unless ``force`` is set."""
     if path.exists() and not force:
@@ -34,6 +45,7 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    _plain_mode(tmp, directory=False)
     try:
         yield tmp
         os.replace(tmp, final)
@@ -63,6 +75,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     check_writable(final, force)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    _plain_mode(tmp, directory=True)
     try:
         yield tmp
         if final.exists():

@@ -7,6 +7,7 @@ the output directory atomically (nothing appears under --out unless the run comp
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +31,19 @@ from exporter.prepare import (
 )
 from exporter.progress import Progress, make_progress, stderr_console
 from exporter.quantize import QuantOutcome, quantize_stage
+from exporter.quantize.onnx_int8 import calibration_cache, quantize_onnx
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
 from exporter.report_html import write_html
 from exporter.sparse_onnx import sparsify_onnx
 from exporter.training import accuracy, predict
-from exporter.validate import EVAL_BATCH, validate
+from exporter.validate import EVAL_BATCH, make_runner, validate
 from runtime_check.cpu import describe_cpu
 
 ONNX_FP32 = "model.fp32.onnx"
 ONNX_INT8 = "model.int8.onnx"
 TFLITE_FP32 = "model.fp32.tflite"
+TFLITE_INT8 = "model.int8.tflite"
 REPORT = "report.json"
 
 
@@ -137,6 +140,31 @@ def _sparse_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
     return out
 
 
+def _export_tflite_int8(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) -> Artifact:
+    """int8 TFLite from the same calibration as the ONNX int8 model.
+
+    TFLite's int8 kernels take full 8-bit weights on every CPU, so when the ONNX artifact uses
+    7-bit weights for this x86 CPU, a full-range QDQ model is made from the same cached ranges.
+    """
+    from exporter.tflite import convert_onnx_file
+
+    qdq = tmp / ONNX_INT8
+    if outcome.settings.reduce_range:
+        qdq = tmp / "model.int8.portable.onnx"
+        settings = dataclasses.replace(outcome.settings, reduce_range=False)
+        quantize_onnx(tmp / ONNX_FP32, qdq, settings, calib_inputs=None,
+                      cache=calibration_cache(tmp, settings.method))
+    io = recipe.quantize.tflite_io
+    res = convert_onnx_file(qdq, tmp / TFLITE_INT8, input_layout=recipe.export.input_layout,
+                            io_dtype=io,
+                            normalization=(norm.mean, norm.std) if io == "uint8" else None)
+    return Artifact(TFLITE_INT8, "tflite", "int8", "dense",
+                    {"op_counts": res.op_counts, "transpose_count": res.transpose_count,
+                     "input_layout": res.input_layout, "io_dtype": res.io_dtype,
+                     "float_fallback_ops": list(res.float_fallback_ops),
+                     "conversion_s": round(res.seconds, 3)})
+
+
 def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
     from exporter.tflite import convert_onnx_file
 
@@ -161,6 +189,9 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
 
 
 def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunResult:
+    # Reaching the target is checked before any work: a missing sysroot or host fails now,
+    # not after compression and export.
+    runner = make_runner(recipe)
     full, splits = split_data(opts.data, opts.eval_data, recipe.eval)
     norm = resolve_normalization(full, opts.mean, opts.std, opts.weights)
     chw = full.image_shape
@@ -208,6 +239,10 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                                            "reduce_range": outcome.settings.reduce_range,
                                            "float_layers": list(outcome.settings.float_nodes)}))
             progress.update(task, advance=1)
+            if "tflite" in formats:
+                task = progress.add_task("export TFLite int8", total=1)
+                artifacts.append(_export_tflite_int8(tmp, recipe, outcome, norm))
+                progress.update(task, advance=1)
         if "sparse" in recipe.export.storage:
             artifacts.extend(_sparse_copies(tmp, artifacts))
 
@@ -215,7 +250,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                  reference_logits=ref_logits.astype(np.float32),
                  images=splits.eval.images)
         save_manifest(artifacts, tmp)
-        check = validate(tmp, artifacts, recipe, progress)
+        check = validate(tmp, artifacts, recipe, progress, runner)
         reference = {"accuracy": accuracy(ref_logits, eval_y), "params": params, "macs": macs,
                      "samples": int(len(eval_y))}
         report = build_report(

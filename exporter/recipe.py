@@ -99,6 +99,9 @@ class QuantizeSpec:
                               doc="7-bit weights for the ONNX artifact; auto = on for x86 CPUs "
                                   "without VNNI, whose int8 kernels saturate")
     per_channel: bool = _spec(True, doc="per-output-channel weight scales")
+    tflite_io: str = _spec("float32", choices=("float32", "int8", "uint8"),
+                           doc="int8 TFLite model input/output: float32 (quantize inside), "
+                               "int8, or uint8 raw camera pixels (normalization folded in)")
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,17 @@ def _layout(input_shape: list[int], chw: tuple[int, int, int], hint: str | None,
     return "nhwc" if fmt == "tflite" else "nchw"
 
 
+def wants_raw_pixels(spec, batch: dict[str, np.ndarray]) -> bool:
+    """A uint8 input without a scaling of its own takes camera pixels as they are.
+
+    edgepack's uint8-input models fold /255 and the mean/std into the first layer, so their
+    input tensor carries no quantization (or the identity 1.0 / 0); they are fed the batch's
+    raw ``images`` (uint8 NHWC) rather than the normalized floats.
+    """
+    return (spec.dtype == "uint8" and "images" in batch and spec.scale in (None, 1.0)
+            and spec.zero_point in (None, 0))
+
+
 def _prepare(x: np.ndarray, layout: str, spec) -> np.ndarray:
     """Float NCHW batch -> what the model's input wants (layout, dtype, quantization)."""
     if layout == "nhwc":
@@ -130,9 +141,13 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
     inputs, labels, ref = batch["inputs"], batch["labels"], batch["reference_logits"]
     try:
         lay = _layout(sess.input.shape, tuple(inputs.shape[1:]), layout, fmt)
-        x = _prepare(inputs, lay, sess.input)
+        raw = wants_raw_pixels(sess.input, batch)
+        if raw and lay != "nhwc":
+            raise ArtifactError("a raw-pixel uint8 input must be NHWC")
+        x = np.ascontiguousarray(batch["images"]) if raw else _prepare(inputs, lay, sess.input)
         result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
-                           "scale": sess.input.scale, "zero_point": sess.input.zero_point}
+                           "scale": sess.input.scale, "zero_point": sess.input.zero_point,
+                           "raw_pixels": raw}
         logits = _run_all(sess, x)
         if logits.shape != ref.shape:
             raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "

@@ -55,7 +55,11 @@ def test_run_end_to_end(trained, tmp_path):
     assert report["reference"]["params"] > 0 and report["reference"]["macs"] > 0
     assert "hold-out" in report["data"]["eval_note"]
     by_path = {a["path"]: a for a in report["artifacts"]}
-    assert {"model.fp32.onnx", "model.fp32.tflite", "model.int8.onnx"} <= set(by_path)
+    assert {"model.fp32.onnx", "model.fp32.tflite", "model.int8.onnx",
+            "model.int8.tflite"} <= set(by_path)
+    i8 = by_path["model.int8.tflite"]
+    assert i8["transpose_count"] == 0 and i8["io_dtype"] == "float32"
+    assert i8["bytes"] < 0.4 * by_path["model.fp32.tflite"]["bytes"]
     for art in report["artifacts"]:
         assert art["status"] == "ok", art
         assert art["accuracy_drop"] <= 1.5, art["path"]  # the x86_64 recipe's budget
@@ -253,3 +257,31 @@ def test_exported_program_runs_like_the_eager_model(trained, tmp_path):
     b = json.loads((tmp_path / "b" / "report.json").read_text())
     assert a["compression"]["pruned_fraction"] == pytest.approx(0.75, abs=1e-3)
     assert a["artifacts"][0]["accuracy"] == pytest.approx(b["artifacts"][0]["accuracy"], abs=0.6)
+
+
+def test_uint8_camera_input(trained, tmp_path):
+    out = tmp_path / "u8"
+    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
+                 "--set", 'export.formats=["tflite"]', "--set", 'export.precisions=["fp32","int8"]',
+                 "--set", "quantize.tflite_io=uint8", *FAST)
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    by_path = {a["path"]: a for a in report["artifacts"]}
+    i8 = by_path["model.int8.tflite"]
+    assert i8["input"]["dtype"] == "uint8" and i8["input"]["raw_pixels"] is True
+    assert i8["agreement"] >= 0.97 and i8["accuracy_drop"] <= 1.5
+    # Raw pixels in, same answers as the float-input fp32 model on (nearly) every image.
+    from ai_edge_litert.interpreter import Interpreter
+
+    batch = np.load(out / "eval_batch.npz")
+    it = Interpreter(model_path=str(out / "model.int8.tflite"))
+    it.allocate_tensors()
+    inp, outp = it.get_input_details()[0], it.get_output_details()[0]
+    preds = []
+    for img in batch["images"]:
+        it.set_tensor(inp["index"], img[None])
+        it.invoke()
+        preds.append(int(it.get_tensor(outp["index"]).argmax()))
+    fp = by_path["model.fp32.tflite"]
+    assert (np.array(preds) == batch["labels"]).mean() * 100 == pytest.approx(i8["accuracy"])
+    assert abs(i8["accuracy"] - fp["accuracy"]) <= 1.0
