@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.artifacts import Artifact
-from runtime_check.compare import judge_artifact, verdict
+from runtime_check.compare import judge_artifact, parity, verdict
 
 SCHEMA_VERSION = 1
 
@@ -48,6 +48,7 @@ def build_report(*, target: dict, model: dict, data: dict, recipe: dict, referen
         "runtimes": check.get("runtimes", {}),
         "reference": reference,
         "artifacts": rows,
+        "parity": parity([by_name[a.path] for a in artifacts if a.path in by_name]),
     }
     report.update(extra or {})
     return report
@@ -89,6 +90,10 @@ def print_table(report: dict, console: Console) -> None:
             *([_fmt(None if insn is None else insn / 1e6, ".3f")] if counted else []),
             _fmt(a.get("peak_rss_mb"), ".0f"), "FAIL " + ", ".join(failed) if failed else "ok")
     console.print(table)
+    same_kind = [p for p in report.get("parity", [])
+                 if p["a"].split(".")[1] == p["b"].split(".")[1]]  # model.<precision>.*
+    for p in same_kind:
+        console.print(f"parity: {p['a']} vs {p['b']}: {p['agreement']:.2%} same top-1")
     if emulated:
         console.print("latency is emulated wall time (not a measurement of the device); "
                       "Minsn/inf: guest instructions per inference, repeatable to ~0.3 %")

@@ -44,3 +44,21 @@ def verdict(results: list[dict], reference_accuracy: float, budgets: dict) -> tu
     if validated == 0:
         reasons.append("no artifact could be validated")
     return not reasons, reasons
+
+
+def parity(results: list[dict]) -> list[dict]:
+    """Top-1 agreement between every two validated artifacts (e.g. ONNX int8 vs TFLite int8).
+
+    Uses the per-image ``predictions`` runtime_check returns; pairs are listed once, in the
+    order the artifacts were given.
+    """
+    ok = [r for r in results if r.get("status") == "ok" and "predictions" in r]
+    rows = []
+    for i, a in enumerate(ok):
+        for b in ok[i + 1:]:
+            pa, pb = a["predictions"], b["predictions"]
+            if len(pa) != len(pb) or not pa:
+                continue
+            same = sum(x == y for x, y in zip(pa, pb, strict=True))
+            rows.append({"a": a["path"], "b": b["path"], "agreement": same / len(pa)})
+    return rows

@@ -157,6 +157,9 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         result["accuracy"] = float((pred == labels).mean() * 100.0)
         result["agreement"] = float((pred == ref.argmax(1)).mean())
         result["max_abs_diff"] = float(np.abs(logits - ref).max())
+        # Top-1 per image, so artifacts can be compared with each other (parity), not only
+        # with the reference.
+        result["predictions"] = pred.astype(int).tolist()
         for _ in range(warmup):
             sess.run(x[:1])
         times = []

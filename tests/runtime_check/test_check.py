@@ -122,3 +122,17 @@ def test_ort_reference_matches_runtime(onnx_and_batch):
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     out = sess.run(None, {"input": data["inputs"]})[0]
     assert np.abs(out - data["reference_logits"]).max() < 1e-5
+
+
+def test_parity_pairs_artifacts():
+    from runtime_check.compare import parity
+
+    rows = parity([
+        {"path": "a.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
+        {"path": "b.tflite", "status": "ok", "predictions": [0, 1, 2, 0]},
+        {"path": "c.tflite", "status": "skipped"},
+        {"path": "d.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
+    ])
+    assert rows == [{"a": "a.onnx", "b": "b.tflite", "agreement": 0.75},
+                    {"a": "a.onnx", "b": "d.onnx", "agreement": 1.0},
+                    {"a": "b.tflite", "b": "d.onnx", "agreement": 0.75}]

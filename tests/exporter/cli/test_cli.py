@@ -69,6 +69,10 @@ def test_run_end_to_end(trained, tmp_path):
                                                 abs=1e-4)
     assert tfl["accuracy"] == by_path["model.fp32.onnx"]["accuracy"]
     assert report["quantization"]["within_budget"]
+    pairs = {(p["a"], p["b"]): p["agreement"] for p in report["parity"]}
+    assert pairs[("model.fp32.onnx", "model.fp32.tflite")] == 1.0
+    assert pairs[("model.int8.onnx", "model.int8.tflite")] >= 0.98
+    assert "predictions" not in art
     art = by_path["model.fp32.onnx"]
     for key in ("path", "format", "precision", "storage", "bytes", "gzip_bytes", "accuracy",
                 "accuracy_drop", "agreement", "max_abs_diff", "latency_ms", "threads", "runtime",
