@@ -41,7 +41,7 @@ def make_runner(recipe: Recipe, host: str | None = None) -> Runner:
 
 
 def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress: Progress,
-             runner: Runner | None = None) -> dict:
+             runner: Runner | None = None, batch: Path | None = None) -> dict:
     """runtime_check's JSON for every artifact, one runner call per artifact for progress."""
     rt = recipe.runtime
     options = CheckOptions(threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
@@ -57,7 +57,7 @@ def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress:
                                       "reason": f"{runtime} is not in the recipe's runtimes"})
         else:
             try:
-                res = runner.run([out_dir / art.path], out_dir / EVAL_BATCH, options)
+                res = runner.run([out_dir / art.path], batch or out_dir / EVAL_BATCH, options)
             except RunnerError as exc:
                 raise RuntimeCheckError(str(exc)) from None
             merged.update({k: v for k, v in res.items() if k != "results"})
