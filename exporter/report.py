@@ -96,7 +96,7 @@ def print_table(report: dict, console: Console) -> None:
         console.print(f"parity: {p['a']} vs {p['b']}: {p['agreement']:.2%} same top-1")
     if emulated:
         console.print("latency is emulated wall time (not a measurement of the device); "
-                      "Minsn/inf: guest instructions per inference, repeatable to ~0.3 %")
+                      "Minsn/inf: guest instructions per inference (repeatable exactly)")
     if report["passed"]:
         console.print("[bold green]PASSED[/]: every artifact holds the target's budgets.")
     else:

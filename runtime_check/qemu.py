@@ -10,12 +10,13 @@ Stdlib only. The sysroot (Debian arm64 python3.11 + the runtimes' aarch64 wheels
   concurrently, without rewriting shared files.
 - Emulated wall time is not a measurement; results are flagged ``emulated`` and the
   deterministic figure is the guest instruction count, taken by the ``insn_count`` plugin between
-  the markers that :mod:`runtime_check.evaluate` emits around its timed loop.
+  the markers that :mod:`runtime_check.evaluate` emits around a window of inferences of its own.
 - ``-cpu max`` computes wrong XNNPACK int8 results on QEMU 7.2, so only named models are used.
 
-The counts repeat to ~0.3 %, not exactly, even with ``-seed`` and a single guest thread: the
-runtimes take time-dependent branches inside the timed loop (onnxruntime, for one, checks a
-wall-clock telemetry interval on every Run()), and emulated time runs as it likes.
+The counts repeat exactly run to run. They did not while the window held the timing loop: the
+clock reads and list appends of the timer added a varying count (~0.3 %), so the counted window
+runs the same inferences again with nothing else in it; ``-seed`` and a single guest thread
+remove the other sources of variation.
 """
 
 from __future__ import annotations
