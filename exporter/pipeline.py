@@ -126,8 +126,15 @@ def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
     return outcome
 
 
-def _sparse_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
-    """A sparse-stored copy of each dense ONNX artifact where some weight is smaller sparse."""
+def _sparse_copies(tmp: Path, artifacts: list[Artifact], recipe: Recipe, norm) -> list[Artifact]:
+    """A sparse-stored copy of each dense ONNX / TFLite artifact, kept only where smaller.
+
+    TFLite copies are converted again from the ONNX file the dense one came from (the int8
+    QDQ model: the full-range portable copy when there is one), each weight stored as
+    ``exporter.tflite.storage`` decides for ``runtime.delegate``.
+    """
+    from exporter.tflite import convert_onnx_file
+
     out = []
     for art in [a for a in artifacts if a.format == "onnx" and a.storage == "dense"]:
         name = art.path.replace(".onnx", ".sparse.onnx")
@@ -135,6 +142,24 @@ def _sparse_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
         if wrote and (tmp / name).stat().st_size < (tmp / art.path).stat().st_size:
             out.append(Artifact(name, "onnx", art.precision, "sparse",
                                 {**art.extra, "tensors": [d.__dict__ for d in decisions]}))
+        else:
+            (tmp / name).unlink(missing_ok=True)
+    for art in [a for a in artifacts if a.format == "tflite" and a.storage == "dense"]:
+        name = art.path.replace(".tflite", ".sparse.tflite")
+        if art.precision == "int8":
+            portable = tmp / "model.int8.portable.onnx"
+            src = portable if portable.exists() else tmp / ONNX_INT8
+            io = art.extra.get("io_dtype", recipe.quantize.tflite_io)
+            kwargs = {"io_dtype": io,
+                      "normalization": (norm.mean, norm.std) if io == "uint8" else None}
+        else:
+            src, kwargs = tmp / ONNX_FP32, {}
+        res = convert_onnx_file(src, tmp / name, input_layout=recipe.export.input_layout,
+                                storage="sparse", delegate=recipe.runtime.delegate, **kwargs)
+        if res.bytes < (tmp / art.path).stat().st_size:
+            out.append(Artifact(name, "tflite", art.precision, "sparse",
+                                {**art.extra, "op_counts": res.op_counts,
+                                 "delegate": recipe.runtime.delegate, "tensors": res.tensors}))
         else:
             (tmp / name).unlink(missing_ok=True)
     return out
@@ -244,7 +269,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 artifacts.append(_export_tflite_int8(tmp, recipe, outcome, norm))
                 progress.update(task, advance=1)
         if "sparse" in recipe.export.storage:
-            artifacts.extend(_sparse_copies(tmp, artifacts))
+            artifacts.extend(_sparse_copies(tmp, artifacts, recipe, norm))
 
         np.savez(tmp / EVAL_BATCH, inputs=eval_x, labels=eval_y,
                  reference_logits=ref_logits.astype(np.float32),

@@ -115,6 +115,11 @@ class PruneSpec:
                                doc="layers left dense: module names or first_conv / last_fc")
     schedule: str = _spec("gradual", choices=("gradual", "oneshot"),
                           doc="gradual: Zhu & Gupta cubic ramp during fine-tuning")
+    block: list[int] = _spec([1, 1], lo=1, hi=64,
+                             doc="[rows, cols]: prune fully-connected weights in whole blocks "
+                                 "(in the TFLite weight layout); [1, 1] is unstructured. "
+                                 "TFLite's sparse FC kernels use [1, 4] (float32) and [1, 16] "
+                                 "(int8) blocks")
 
 
 @dataclass(frozen=True)
@@ -338,6 +343,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     prune = recipe.compress.prune
     if prune.sparsity is not None and prune.threshold is not None:
         raise RecipeError(f"{path}:compress.prune: set either sparsity or threshold, not both")
+    if len(prune.block) != 2:
+        raise RecipeError(f"{path}:compress.prune.block: expected [rows, cols], got {prune.block}")
     rnd = recipe.compress.round
     if rnd.step is not None and rnd.bits is not None:
         raise RecipeError(f"{path}:compress.round: set either step or bits, not both")

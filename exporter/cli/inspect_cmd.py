@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import click
@@ -20,16 +21,14 @@ def command(path: Path, as_json: bool):
 
         info = describe_onnx(path)
     elif path.suffix == ".tflite":
-        from exporter.tflite import describe_tflite
-
-        info = describe_tflite(path)
+        info = _describe_tflite(path)
     else:
         raise InputFileError(f"{path}: cannot inspect '{path.suffix or 'no suffix'}' files "
                              "(expected .onnx or .tflite)")
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    click.echo(f"{info['path']}  ({info['format']}, {info['bytes']:,} bytes)")
+    click.echo(f"{info.get('path', path)}  ({info['format']}, {info['bytes']:,} bytes)")
     if "input" in info:
         click.echo(f"input: {info['input']}")
     if "inputs" in info:
@@ -41,10 +40,30 @@ def command(path: Path, as_json: bool):
     if "params" in info:
         click.echo(f"params: {info['params']:,}  zeros: {info['zeros']:,} "
                    f"({info['sparsity']:.1%})")
-    click.echo(f"{'tensor':40} {'shape':>18} {'dtype':>8} {'bytes':>10} {'sparsity':>9}")
+    click.echo(f"{'tensor':40} {'shape':>18} {'dtype':>8} {'bytes':>10} {'sparsity':>9} "
+               f"{'encoding':>10}")
     for t in info["tensors"]:
         if t.get("bytes", 0) == 0:
             continue
         sp = t.get("sparsity")
         click.echo(f"{t['name'][:40]:40} {str(t['shape']):>18} {t['dtype']:>8} "
-                   f"{t['bytes']:>10,} {'' if sp is None else f'{sp:.1%}':>9}")
+                   f"{t['bytes']:>10,} {'' if sp is None else f'{sp:.1%}':>9} "
+                   f"{t.get('encoding', t.get('storage', '')):>10}")
+
+
+def _describe_tflite(path: Path) -> dict:
+    """describe_tflite, with a missing or corrupt file as one line instead of a traceback.
+
+    The flatbuffer is read by the schema's generated Python accessors, which do no bounds or
+    type checks of their own: corrupt bytes surface as whatever the first bad read raises
+    (struct.error, IndexError, UnicodeDecodeError, TypeError, ValueError...).
+    """
+    from exporter.tflite import describe_tflite
+
+    if not path.is_file():
+        raise InputFileError(f"TFLite file {path} not found")
+    try:
+        return describe_tflite(path)
+    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise InputFileError(f"{path}: not a valid TFLite model ({first})") from None

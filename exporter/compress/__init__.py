@@ -10,6 +10,7 @@ from torch import nn
 from exporter.compress.channels import prune_channels
 from exporter.compress.prune import (
     MaskSet,
+    block_layout,
     cubic_sparsity,
     layer_sparsity,
     magnitude_masks,
@@ -78,10 +79,12 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
     result = CompressionResult(method, prune.sparsity, prune.threshold, prune.scope, ft.epochs,
                                channels=channel_info)
 
+    # FC blocks follow the exported TFLite weight layout (see prune.py).
+    layout = block_layout(model, prune.block, input_shape) if does_prune else None
     masks: MaskSet | None = None
     if does_prune and not gradual:
         masks = prune_model(model, sparsity=prune.sparsity, threshold=prune.threshold,
-                            scope=prune.scope, exclude=prune.exclude)
+                            scope=prune.scope, exclude=prune.exclude, layout=layout)
     if wants_ft:
         state = {"masks": masks}
         hook = None
@@ -92,7 +95,7 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
                 if step % every == 0 or step == end:
                     s = cubic_sparsity(min(step + every, end), prune.sparsity, end)
                     new = magnitude_masks({n: p.detach() for n, p in weights.items()},
-                                          sparsity=s, scope=prune.scope)
+                                          sparsity=s, scope=prune.scope, layout=layout)
                     state["masks"] = MaskSet(weights, new)
                     state["masks"].apply()
 
@@ -105,7 +108,8 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
                                      after_step=after, progress=progress, label="fine-tune")
         if gradual:
             # The final masks must be exactly at the target, whatever the step count was.
-            prune_model(model, sparsity=prune.sparsity, scope=prune.scope, exclude=prune.exclude)
+            prune_model(model, sparsity=prune.sparsity, scope=prune.scope, exclude=prune.exclude,
+                        layout=layout)
     result.rounding = round_to_grid(weights, step=spec.round.step, bits=spec.round.bits)
     result.layers = layer_sparsity(model)
     total = sum(w.numel() for w in weights.values())

@@ -43,6 +43,8 @@ class ConversionResult:
     precision: str = "fp32"  # "int8" when the ONNX model was QDQ-quantized
     io_dtype: str = "float32"  # dtype of the model's input/output tensors
     float_fallback_ops: list[str] = field(default_factory=list)  # int8: ops left in float
+    storage: str = "dense"
+    tensors: list[dict] | None = None  # storage="sparse": one row per weight (see storage.py)
 
 
 Normalization = tuple[Sequence[float], Sequence[float]]
@@ -54,6 +56,8 @@ def convert_model(
     input_layout: str = "nhwc",
     io_dtype: str = "float32",
     normalization: Normalization | None = None,
+    storage: str = "dense",
+    delegate: str = "xnnpack",
 ) -> tuple[bytes, dict[str, Any]]:
     """Convert an in-memory ONNX model; returns the .tflite bytes and stats.
 
@@ -62,8 +66,17 @@ def convert_model(
     output with the ONNX scales), or "uint8": raw NHWC camera pixels in, normalized inside the
     model with ``normalization=(mean, std)`` as ``(p / 255 - mean) / std``; the output is then
     int8 as with "int8".
+
+    ``storage="sparse"`` stores each constant weight in the smallest encoding its consuming
+    kernel accepts at invoke on the target's ``delegate`` ("xnnpack": LiteRT's default
+    resolver, "none": builtin kernels only): dense, CSR behind a DENSIFY op, or a block format
+    FULLY_CONNECTED reads directly (float32 1x4, int8 1x16). ``stats["tensors"]`` is then the
+    per-weight table: name, shape, dtype, sparsity, encoding, via (direct / densify), index
+    type, dense bytes, stored bytes, consumer. A sparse file is not always smaller than the
+    dense one (each kept encoding is, but DENSIFY ops cost a little): compare before keeping.
     """
-    data, graph, info = convert(model, input_layout, io_dtype=io_dtype, normalization=normalization)
+    data, graph, info = convert(model, input_layout, io_dtype=io_dtype,
+                                normalization=normalization, storage=storage, delegate=delegate)
     counts = graph.op_counts()
     stats = {
         "op_counts": counts,
@@ -74,7 +87,10 @@ def convert_model(
         "precision": info.precision,
         "io_dtype": info.io_dtype,
         "float_fallback_ops": list(info.float_fallback_ops),
+        "storage": storage,
     }
+    if info.tensors is not None:
+        stats["tensors"] = [row.to_dict() for row in info.tensors]
     if info.normalization is not None:
         stats["normalization"] = info.normalization
     return data, stats
@@ -87,16 +103,20 @@ def convert_onnx_file(
     input_layout: str = "nhwc",
     io_dtype: str = "float32",
     normalization: Normalization | None = None,
+    storage: str = "dense",
+    delegate: str = "xnnpack",
     force: bool = True,
 ) -> ConversionResult:
     """Convert ``onnx_path`` and write ``tflite_path`` atomically (nothing written on error).
 
-    Keywords as in :func:`convert_model`.
+    Keywords as in :func:`convert_model`; with ``storage="sparse"`` the result's ``tensors``
+    is the per-weight storage table.
     """
     start = time.perf_counter()
     model = load_onnx_file(onnx_path)
     data, stats = convert_model(
-        model, input_layout=input_layout, io_dtype=io_dtype, normalization=normalization
+        model, input_layout=input_layout, io_dtype=io_dtype, normalization=normalization,
+        storage=storage, delegate=delegate,
     )
     path = atomic_write_bytes(tflite_path, data, force=force)
     return ConversionResult(
@@ -109,6 +129,8 @@ def convert_onnx_file(
         precision=stats["precision"],
         io_dtype=stats["io_dtype"],
         float_fallback_ops=stats["float_fallback_ops"],
+        storage=storage,
+        tensors=stats.get("tensors"),
     )
 
 

@@ -16,9 +16,11 @@ from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
 from exporter.tflite.passes import run_passes
 from exporter.tflite.registry import load_all
+from exporter.tflite.storage import DELEGATES, TensorStorage, apply_storage
 from exporter.tflite.writer import serialize
 
 INPUT_LAYOUTS = ("nhwc", "nchw")
+STORAGES = ("dense", "sparse")
 
 
 def preflight(ctx: ConversionContext) -> None:
@@ -125,6 +127,13 @@ class ConvertInfo:
     io_dtype: str = "float32"
     float_fallback_ops: list[str] = field(default_factory=list)
     normalization: str | None = None
+    tensors: list[TensorStorage] | None = None  # storage="sparse": the per-weight table
+
+
+def _store(graph: Graph, info: ConvertInfo, storage: str, delegate: str) -> bytes:
+    if storage == "sparse":
+        info.tensors = apply_storage(graph, delegate)
+    return serialize(graph)
 
 
 def convert(
@@ -133,8 +142,18 @@ def convert(
     *,
     io_dtype: str = "float32",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    storage: str = "dense",
+    delegate: str = "xnnpack",
 ) -> tuple[bytes, Graph, ConvertInfo]:
-    """ONNX -> .tflite bytes; a model with QuantizeLinear/DequantizeLinear becomes full-integer."""
+    """ONNX -> .tflite bytes; a model with QuantizeLinear/DequantizeLinear becomes full-integer.
+
+    ``storage="sparse"`` stores each weight sparse where that is smaller and the consuming
+    kernel accepts it under ``delegate`` (see ``storage.py``).
+    """
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     if (io_dtype == "uint8") != (normalization is not None):
@@ -149,10 +168,11 @@ def convert(
                 f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
             )
         graph = lower(read_graph(model), input_layout)
-        return serialize(graph), graph, ConvertInfo()
+        info = ConvertInfo()
+        return _store(graph, info, storage, delegate), graph, info
     weights = qdq.quantized_weight_names(model)
     onnx_graph = read_graph(model)
     info = qdq.fold_qdq(onnx_graph, weights)
     graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
     result = ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
-    return serialize(graph), graph, result
+    return _store(graph, result, storage, delegate), graph, result

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from exporter.tflite.sparsity import SparseEncoding
+
 #: Op codes that never reach the writer: passes must remove them.
 PSEUDO_OPS = frozenset({"IDENTITY"})
 
@@ -26,6 +28,9 @@ class Tensor:
     scales: list[float] | None = None
     zero_points: list[int] | None = None
     quantized_dimension: int = 0
+    # Sparse storage: the buffer holds ``sparsity.values`` instead of ``data`` (which stays the
+    # dense array, so passes and tests can still read the constant).
+    sparsity: SparseEncoding | None = None
 
     @property
     def is_const(self) -> bool:
@@ -39,6 +44,9 @@ class Operator:
     outputs: list[str]
     options: dict[str, Any] = field(default_factory=dict)
     keep_float: bool = False  # int8 export: the source node was left in float on purpose
+    # Operator-code version: 1 unless a kernel variant needs more (FULLY_CONNECTED reading a
+    # sparse weight is version 8, which is also what keeps XNNPACK from taking it as dense).
+    version: int = 1
 
 
 @dataclass

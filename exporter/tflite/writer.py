@@ -14,6 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from exporter.errors import ConversionError
 from exporter.tflite.ir import PSEUDO_OPS, Graph
+from exporter.tflite.sparsity import DimMeta, SparseEncoding
 
 _FILE_IDENTIFIER = b"TFL3"
 _SCHEMA_VERSION = 3
@@ -110,9 +111,10 @@ def serialize(graph: Graph, description: str = "edgepack") -> bytes:
         tt.type = _TENSOR_TYPES[t.dtype]
         tt.buffer = 0
         if t.data is not None:
+            payload = t.data if t.sparsity is None else t.sparsity.values
             buf = _AlignedBufferT()
             buf.data = np.frombuffer(
-                np.ascontiguousarray(t.data, dtype=t.dtype).tobytes(), np.uint8
+                np.ascontiguousarray(payload, dtype=t.dtype).tobytes(), np.uint8
             )
             buffers.append(buf)
             tt.buffer = len(buffers) - 1
@@ -122,25 +124,28 @@ def serialize(graph: Graph, description: str = "edgepack") -> bytes:
             q.zeroPoint = list(t.zero_points or [0] * len(t.scales))
             q.quantizedDimension = t.quantized_dimension
             tt.quantization = q
+        if t.sparsity is not None:
+            tt.sparsity = _sparsity(t.sparsity)
         index[name] = len(tensors)
         tensors.append(tt)
 
-    codes: dict[str, int] = {}
+    codes: dict[tuple[str, int], int] = {}
     operator_codes = []
     operators = []
     for op in graph.operators:
         if op.op in PSEUDO_OPS or not hasattr(schema.BuiltinOperator, op.op):
             raise ConversionError(f"internal: op {op.op} reached the writer")
-        if op.op not in codes:
+        key = (op.op, op.version)
+        if key not in codes:
             code = getattr(schema.BuiltinOperator, op.op)
             oc = schema.OperatorCodeT()
             oc.builtinCode = code
             oc.deprecatedBuiltinCode = min(code, 127)  # codes > 127 live only in builtinCode
-            oc.version = 1
-            codes[op.op] = len(operator_codes)
+            oc.version = op.version
+            codes[key] = len(operator_codes)
             operator_codes.append(oc)
         ot = schema.OperatorT()
-        ot.opcodeIndex = codes[op.op]
+        ot.opcodeIndex = codes[key]
         ot.inputs = [index[i] if i is not None else -1 for i in op.inputs]
         ot.outputs = [index[o] for o in op.outputs]
         ot.builtinOptionsType, ot.builtinOptions = _options(op.op, op.options)
@@ -170,6 +175,53 @@ def serialize(graph: Graph, description: str = "edgepack") -> bytes:
     builder = flatbuffers.Builder(1024 + sum(b.data.size + _BUFFER_ALIGNMENT for b in buffers[1:]))
     builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
     return bytes(builder.Output())
+
+
+_INDEX_VECTORS = {
+    "int32": (schema.SparseIndexVector.Int32Vector, schema.Int32VectorT),
+    "uint16": (schema.SparseIndexVector.Uint16Vector, schema.Uint16VectorT),
+    "uint8": (schema.SparseIndexVector.Uint8Vector, schema.Uint8VectorT),
+}
+
+
+def _index_vector(arr: np.ndarray) -> tuple[int, Any]:
+    kind, cls = _INDEX_VECTORS[arr.dtype.name]
+    vec = cls()
+    vec.values = np.ascontiguousarray(arr)
+    return kind, vec
+
+
+def _sparsity(enc: SparseEncoding) -> Any:
+    sp = schema.SparsityParametersT()
+    sp.traversalOrder = list(enc.traversal_order)
+    sp.blockMap = list(enc.block_map) or None
+    sp.dimMetadata = []
+    for d in enc.dims:
+        dm = schema.DimensionMetadataT()
+        if d.is_sparse:
+            dm.format = schema.DimensionType.SPARSE_CSR
+            dm.arraySegmentsType, dm.arraySegments = _index_vector(d.segments)
+            dm.arrayIndicesType, dm.arrayIndices = _index_vector(d.indices)
+        else:
+            dm.format = schema.DimensionType.DENSE
+            dm.denseSize = int(d.dense_size)
+        sp.dimMetadata.append(dm)
+    return sp
+
+
+def _read_sparsity(sp: Any, shape: list[int], values: np.ndarray) -> SparseEncoding:
+    """The schema object back as a SparseEncoding (for describe)."""
+    dims = []
+    for dm in sp.dimMetadata or []:
+        if dm.format == schema.DimensionType.SPARSE_CSR:
+            dims.append(DimMeta(segments=np.asarray(dm.arraySegments.values),
+                                indices=np.asarray(dm.arrayIndices.values)))
+        else:
+            dims.append(DimMeta(dense_size=int(dm.denseSize)))
+    block_map = tuple(int(b) for b in (sp.blockMap if sp.blockMap is not None else []))
+    fmt = f"block1x{dims[-1].dense_size}" if block_map else "csr"
+    order = tuple(int(o) for o in sp.traversalOrder)
+    return SparseEncoding(fmt, tuple(shape), order, block_map, tuple(dims), values)
 
 
 def _tensor_map(name: str, idx: int) -> Any:
@@ -202,6 +254,8 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
             "dtype": _TYPE_NAMES.get(t.type, f"type{t.type}"),
             "buffer_bytes": nbytes,
         }
+        if nbytes and entry["dtype"] in _TYPE_NAMES.values():
+            entry.update(_storage_fields(t, entry, np.asarray(buf.data, np.uint8)))
         q = t.quantization
         if q is not None and q.scale is not None and len(q.scale):
             entry["quantization"] = {
@@ -210,7 +264,15 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
                 "quantized_dimension": int(q.quantizedDimension),
             }
         tensors.append(entry)
+    weights = [t for t in tensors if "sparsity" in t and len(t["shape"]) >= 2]
+    params = sum(int(np.prod(t["shape"])) for t in weights)
+    zeros = sum(round(t["sparsity"] * int(np.prod(t["shape"]))) for t in weights)
     return {
+        "format": "tflite",
+        "bytes": len(data),
+        "params": params,
+        "zeros": zeros,
+        "sparsity": zeros / max(1, params),
         "ops": dict(sorted(ops.items())),
         "tensors": tensors,
         "inputs": [tensors[i]["name"] for i in sub.inputs],
@@ -219,6 +281,21 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
         "output_details": [_io_detail(tensors[i]) for i in sub.outputs],
         "total_bytes": len(data),
     }
+
+
+def _storage_fields(t: Any, entry: dict[str, Any], raw: np.ndarray) -> dict[str, Any]:
+    """Bytes, encoding and sparsity (fraction of zeros of the dense tensor) of a constant."""
+    values = raw.view(np.dtype(entry["dtype"])) if raw.size % np.dtype(entry["dtype"]).itemsize == 0 else None
+    if values is None:
+        return {"bytes": int(raw.size)}
+    size = int(np.prod(entry["shape"])) if entry["shape"] else 1
+    if t.sparsity is None:
+        sparsity = float(np.mean(values == 0)) if values.size else 0.0
+        return {"bytes": int(raw.size), "encoding": "dense", "sparsity": sparsity}
+    enc = _read_sparsity(t.sparsity, entry["shape"], values)
+    stored_zeros = int(np.sum(values == 0))  # explicit zeros inside stored blocks
+    return {"bytes": int(raw.size), "encoding": enc.format, "index_type": enc.index_type,
+            "sparsity": (size - values.size + stored_zeros) / max(1, size)}
 
 
 def _io_detail(tensor: dict[str, Any]) -> dict[str, Any]:
