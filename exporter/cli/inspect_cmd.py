@@ -29,13 +29,15 @@ def command(path: Path, as_json: bool):
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"{info.get('path', path)}  ({info['format']}, {info['bytes']:,} bytes)")
-    if "input" in info:
-        click.echo(f"input: {info['input']}")
-    if "inputs" in info:
-        for io in info["inputs"]:
-            click.echo(f"input: {io}")
-    if "outputs" in info:
-        click.echo(f"outputs: {info['outputs']}")
+    if "input_details" in info:  # TFLite: the tensor contract an app has to meet
+        for kind in ("input", "output"):
+            for io in info[f"{kind}_details"]:
+                quant = (f", scale {io['scale']:.6g}, zero point {io['zero_point']}"
+                         if io.get("scale") else "")
+                click.echo(f"{kind}: {io['name']} {io['shape']} {io['dtype']}{quant}")
+    else:
+        click.echo(f"input: {info['input']['name']} {info['input']['shape']}")
+        click.echo(f"outputs: {', '.join(info['outputs'])}")
     click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["ops"].items())))
     if "params" in info:
         click.echo(f"params: {info['params']:,}  zeros: {info['zeros']:,} "

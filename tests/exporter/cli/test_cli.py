@@ -289,3 +289,16 @@ def test_uint8_camera_input(trained, tmp_path):
     fp = by_path["model.fp32.tflite"]
     assert (np.array(preds) == batch["labels"]).mean() * 100 == pytest.approx(i8["accuracy"])
     assert abs(i8["accuracy"] - fp["accuracy"]) <= 1.0
+
+
+def test_inspect_tflite_shows_io_contract(trained, tmp_path):
+    out = tmp_path / "d"
+    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
+                  "--set", 'export.formats=["tflite"]', *FAST).exit_code == 0
+    res = invoke("inspect", out / "model.int8.tflite")
+    assert res.exit_code == 0, res.output
+    assert "input: input [1, 8, 8, 1] float32" in res.output
+    assert "CONV_2D x2" in res.output and "FULLY_CONNECTED x2" in res.output
+    info = json.loads(invoke("inspect", out / "model.int8.tflite", "--json").output)
+    weights = [t for t in info["tensors"] if t["dtype"] == "int8" and len(t["shape"]) >= 2]
+    assert weights and max(t["sparsity"] for t in weights) > 0.5
