@@ -301,4 +301,4 @@ def test_inspect_tflite_shows_io_contract(trained, tmp_path):
     assert "CONV_2D x2" in res.output and "FULLY_CONNECTED x2" in res.output
     info = json.loads(invoke("inspect", out / "model.int8.tflite", "--json").output)
     weights = [t for t in info["tensors"] if t["dtype"] == "int8" and len(t["shape"]) >= 2]
-    assert weights and max(t["sparsity"] for t in weights) > 0.5
+    assert weights and max(t.get("sparsity") or 0 for t in weights) > 0.5
