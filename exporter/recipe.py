@@ -140,6 +140,8 @@ class FinetuneSpec:
     lr: float = _spec(0.01, lo=0.0, lo_open=True, doc="SGD learning rate")
     batch_size: int = _spec(64, lo=1, hi=65536, doc="training batch size")
     seed: int = _spec(0, lo=0, doc="seed for shuffling and initialisation")
+    augment: bool = _spec(False, doc="random crop + horizontal flip while fine-tuning (natural "
+                                     "images; keep off for digits or text)")
 
 
 @dataclass(frozen=True)

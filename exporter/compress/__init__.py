@@ -103,7 +103,8 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
             if state["masks"] is not None:
                 state["masks"].apply()
 
-        cfg = TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed)
+        cfg = TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed,
+                          augment=ft.augment)
         result.finetune_loss = train(model, train_inputs, train_labels, cfg, step_hook=hook,
                                      after_step=after, progress=progress, label="fine-tune")
         if gradual:
