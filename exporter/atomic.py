@@ -6,13 +6,14 @@ A crash, Ctrl-C or a full disk never leaves a half-written artifact under the fi
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from exporter.errors import OutputExistsError
+from exporter.errors import OutputExistsError, OutputWriteError
 
 
 def _umask() -> int:
@@ -24,6 +25,23 @@ def _umask() -> int:
 def _plain_mode(path: Path, directory: bool) -> None:
     """mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual modes."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+# A full disk or quota is the user's environment, not a bug: one line, like any bad input.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _no_space(exc: BaseException, final: Path) -> OutputWriteError | None:
+    """The one-line error for ``exc`` if it means the disk is full, naming the final output.
+
+    An inner atomic write (a file inside an atomic directory) has already turned ENOSPC into
+    OutputWriteError naming its temp path; the outermost output is what the user asked for.
+    """
+    if isinstance(exc, OutputWriteError) or (isinstance(exc, OSError)
+                                             and exc.errno in _NO_SPACE):
+        return OutputWriteError(f"cannot write {final}: no space left on device "
+                                "(nothing was written)")
+    return None
 
 
 def check_writable(path: Path, force: bool) -> None:
@@ -41,16 +59,23 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     """
     final = Path(path)
     check_writable(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:
+        if err := _no_space(exc, final):
+            raise err from None
+        raise
     os.close(fd)
     tmp = Path(tmp_name)
     _plain_mode(tmp, directory=False)
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if err := _no_space(exc, final):
+            raise err from None
         raise
 
 
@@ -73,8 +98,13 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     final = Path(path)
     check_writable(final, force)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    except OSError as exc:
+        if err := _no_space(exc, final):
+            raise err from None
+        raise
     _plain_mode(tmp, directory=True)
     try:
         yield tmp
@@ -86,6 +116,8 @@ def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if err := _no_space(exc, final):
+            raise err from None
         raise

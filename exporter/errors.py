@@ -65,6 +65,10 @@ class UnsupportedOpsError(ConversionError):
         self.op_type = None
 
 
+class OutputWriteError(EdgepackError):
+    """An output could not be written (the disk or quota is full); nothing was left behind."""
+
+
 class RuntimeCheckError(EdgepackError):
     """Validation could not run (runtime missing, runner failed)."""
 

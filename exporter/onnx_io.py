@@ -88,7 +88,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         onnx.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
+    # A corrupt string field (a name that is not UTF-8) fails in the checker's decoding step
+    # as UnicodeDecodeError, a ValueError, before any validation rule runs.
+    except (onnx.checker.ValidationError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputFileError(f"{path}: invalid ONNX model ({first})") from None
     return model

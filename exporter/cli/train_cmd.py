@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -51,8 +52,13 @@ def command(model, data, eval_data, epochs, lr, batch_size, augment, holdout, se
         losses = train(module, norm.apply(splits.train.images), splits.train.labels, cfg,
                        progress=progress, label="train")
     acc = accuracy(predict(module, norm.apply(splits.eval.images)), splits.eval.labels)
+    # Serialized in memory first: torch.save writing to a full disk fails with a RuntimeError
+    # from its zip writer, while a plain write fails with OSError(ENOSPC), which atomic_path
+    # turns into a one-line error.
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
     with atomic_path(out, force=force) as tmp:
-        torch.save(module.state_dict(), tmp)
+        tmp.write_bytes(buf.getvalue())
     with atomic_path(sidecar_path(out), force=force) as tmp:
         tmp.write_text(json.dumps({"model": model, "data": data, "mean": list(norm.mean),
                                    "std": list(norm.std), "classes": list(full.classes),

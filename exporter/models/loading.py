@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import pickle
 import sys
 import zipfile
@@ -87,11 +88,18 @@ def _import_factory(spec: str):
 def _load_exported_program(path: Path) -> nn.Module:
     if not path.is_file():
         raise InputFileError(f"model file {path} not found")
+    # torch.export.load logs the whole traceback of a bad archive at WARNING before it raises;
+    # the raise is reported below in one line, so the log is silenced for the call.
+    log = logging.getLogger("torch.export")
+    level = log.level
+    log.setLevel(logging.ERROR)
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a bad archive
         raise InputFileError(f"{path}: not a readable torch.export program "
                              f"({type(exc).__name__})") from None
+    finally:
+        log.setLevel(level)
     module = program.module()
     example = [a for a in program.example_inputs[0] if isinstance(a, torch.Tensor)]
     if len(example) == 1 and example[0].shape[0] == 1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -68,7 +69,8 @@ def calibration_cache(out_dir: Path, method: str) -> Path:
 def quantize_onnx(fp32_path: Path, out_path: Path, settings: QuantSettings, *,
                   calib_inputs: np.ndarray | None, cache: Path, input_name: str = "input") -> Path:
     """Write a QDQ int8 model. ``calib_inputs`` are needed only when ``cache`` does not exist yet."""
-    reader = None if cache.is_file() else _BatchReader(calib_inputs, input_name)
+    fresh = not cache.is_file()
+    reader = _BatchReader(calib_inputs, input_name) if fresh else None
     with atomic_path(out_path) as tmp, _quiet():
         quantize_static(
             str(fp32_path), str(tmp), reader,
@@ -82,4 +84,15 @@ def quantize_onnx(fp32_path: Path, out_path: Path, settings: QuantSettings, *,
             calibration_cache_path=str(cache),
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
+    if fresh and cache.is_file():
+        _sort_cache(cache)
     return out_path
+
+
+def _sort_cache(cache: Path) -> None:
+    """Rewrite ORT's cache with sorted keys: ORT collects the tensor names in a set, so its
+    order (and the file's bytes) changed with PYTHONHASHSEED from run to run. ORT reads the
+    ranges back by name, so the order is free; the mode is made the usual one (ORT: 0600)."""
+    text = json.dumps(json.loads(cache.read_text()), sort_keys=True)
+    with atomic_path(cache) as tmp:
+        tmp.write_text(text)

@@ -1,0 +1,645 @@
+"""The bad-input catalogue: every way a user (or the world) can hand edgepack something wrong.
+
+One parametrised table. Each case must end in ONE line ``error: ...`` on stderr that names the
+problem, exit code 2, no traceback, and must leave the disk as it found it: no artifact, no
+``.name.*.tmp`` sibling, no ``edgepack-*`` directory in /tmp, and an existing ``--out`` (given
+with ``--force``) untouched. The one case that must succeed (fewer images than the calibration
+asks for) says so in the table.
+
+SSH cases use a real sshd on 127.0.0.1 (the fixture of tests/exporter/test_remote_targets.py);
+QEMU cases need qemu-aarch64 but never a built sysroot. Both skip with the reason when absent.
+Ctrl-C is a separate test: it needs a real process to signal.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.exporter.cli.test_cli import assert_one_line_error, invoke
+from tests.exporter.test_remote_targets import _free_port, sshd  # noqa: F401 (fixture)
+from tests.robustness.conftest import FAST, FP32_ONLY
+
+ROOT = Path(__file__).resolve().parents[2]
+EDGEPACK = ROOT / ".venv" / "bin" / "edgepack"
+
+
+# ------------------------------------------------------------------------------ the harness
+
+
+@dataclass
+class Call:
+    """One CLI invocation of a case and what it must produce."""
+
+    args: list
+    fragments: tuple[str, ...]  # each must appear in the single error line
+    env: dict | None = None
+    ok: bool = False  # the case must succeed (exit 0 or 1 with a report) instead of failing
+    after: Callable[[object], None] | None = None  # extra checks, given the click result
+    skip: str | None = None
+    # Run `.venv/bin/edgepack` in a real process: libraries that log or print to the real
+    # stderr (torch's loggers, native runtimes) bypass click's in-process capture.
+    process: bool = False
+
+
+@dataclass
+class Ctx:
+    """What a case builder may use: a private directory and (lazily) the shared fixtures."""
+
+    tmp: Path
+    request: pytest.FixtureRequest
+    out: Path = field(init=False)
+
+    def __post_init__(self):
+        # An existing output directory that every failing `run` is asked to --force over: it
+        # must survive the failure untouched.
+        self.out = self.tmp / "out"
+        self.out.mkdir()
+        (self.out / "keep.txt").write_text("the user's previous run")
+
+    def fixture(self, name: str):
+        return self.request.getfixturevalue(name)
+
+    @property
+    def weights(self) -> Path:
+        return self.fixture("seed_weights")
+
+    def run(self, *args) -> list:
+        return ["run", *args, "--out", self.out, "--force", "-q", *FAST]
+
+    def seeded(self, *args) -> list:
+        """`run` of the trained seed CNN: any error must come from ``args``."""
+        return self.run("--model", "seed-cnn", "--weights", self.weights, *args)
+
+    def write(self, name: str, data: bytes | str) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+        return path
+
+    def copy_out(self) -> Path:
+        """A private copy of the session's output directory, for `edgepack check` cases."""
+        dest = self.tmp / "dist"
+        shutil.copytree(self.fixture("seed_out"), dest)
+        return dest
+
+
+def _random_bytes(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (bytecode caches aside) with a hash of its content."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+
+
+def _device_leftovers() -> set[str]:
+    """The SSH runner's temp dirs on the 'device' (this machine's /tmp)."""
+    return {p.name for p in Path("/tmp").glob("edgepack-rc.*")}
+
+
+def _new_device_leftovers(before: set[str]) -> set[str]:
+    # Other test sessions may share this /tmp: only a directory that stays is a leftover.
+    new = _device_leftovers() - before
+    if new:
+        time.sleep(3)
+        new &= _device_leftovers()
+    return new
+
+
+def _npz(ctx: Ctx, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
+    path = ctx.tmp / name
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def _digits_like(n: int, h: int = 8, w: int = 8, c: int = 1, classes: int = 10) -> tuple:
+    rng = np.random.default_rng(n)
+    return (rng.integers(0, 256, (n, h, w, c), dtype=np.uint8),
+            np.arange(n, dtype=np.int64) % classes)
+
+
+# ------------------------------------------------------------------------------ model side
+
+NETS = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Raises(nn.Module):
+        def __init__(self):
+            raise RuntimeError("the factory is broken")
+
+    def not_a_module():
+        return {"weights": 1}
+
+    class FeatureMap(nn.Module):  # returns a 4-D map, not class logits
+        def __init__(self, in_channels=1):
+            super().__init__()
+            self.conv = nn.Conv2d(in_channels, 10, 3, padding=1)
+        def forward(self, x):
+            return self.conv(x)
+
+    class Pair(FeatureMap):  # returns a tuple
+        def forward(self, x):
+            y = self.conv(x).mean((2, 3))
+            return y, y
+""")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates ``marker``. weights_only must refuse to."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _pickle_with_code(ctx: Ctx) -> Call:
+    marker = ctx.tmp.parent / f"{ctx.tmp.name}-PWNED"
+    evil = ctx.tmp / "evil.pt"
+    torch.save({"conv1.weight": _Payload(marker)}, evil)
+    # The payload is live: a plain (unsafe) load does run it, into a different marker.
+    probe = ctx.tmp.parent / f"{ctx.tmp.name}-probe"
+    buf = io.BytesIO()
+    torch.save({"x": _Payload(probe)}, buf)
+    torch.load(io.BytesIO(buf.getvalue()), weights_only=False)
+    assert probe.exists(), "the payload does not run: the case would prove nothing"
+    probe.unlink()
+
+    def after(_res):
+        assert not marker.exists(), "torch.load ran the pickle's code"
+
+    return Call(ctx.run("--model", "seed-cnn", "--weights", evil),
+                ("evil.pt: refused by torch.load(weights_only=True)", "code is never run"),
+                after=after)
+
+
+def _state_dict(ctx: Ctx, name: str, edit: Callable[[dict], None]) -> Path:
+    state = torch.load(ctx.weights, weights_only=True)
+    edit(state)
+    path = ctx.tmp / name
+    torch.save(state, path)
+    return path
+
+
+def _onnx_model(ctx: Ctx, name: str, nodes: list, input_shape: list, *, pool: bool = False,
+                external: bool = False) -> Path:
+    """input -> [GlobalAveragePool] -> Flatten -> Gemm(-> 10) -> ``nodes`` -> logits, as a file."""
+    width = 1 if pool else 64
+    # raw_data tensors (from_array): only those can be moved to an external data file.
+    w = numpy_helper.from_array(np.ones((width, 10), np.float32) / width, "w")
+    b = numpy_helper.from_array(np.zeros(10, np.float32), "b")
+    head = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"], name="gap")] if pool else []
+    head += [helper.make_node("Flatten", ["pooled" if pool else "input"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "w", "b"], ["g0"], name="fc")]
+    graph = helper.make_graph(
+        head + nodes, "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    path = ctx.tmp / name
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=f"{name}.data", size_threshold=0)
+    else:
+        onnx.save_model(model, str(path))
+    return path
+
+
+def _unsupported_ops(ctx: Ctx) -> Call:
+    nodes = [helper.make_node("Sin", ["g0"], ["s"], name="wave"),
+             helper.make_node("Erf", ["s"], ["e"], name="bell"),
+             helper.make_node("Sin", ["e"], ["logits"], name="wave2")]
+    path = _onnx_model(ctx, "exotic.onnx", nodes, ["N", 1, 8, 8])
+    return Call(ctx.run("--model", path, *FP32_ONLY),
+                ("3 unsupported node(s)", "Erf x1", "Sin x2", "wave (Sin", "bell (Erf",
+                 "wave2 (Sin"))
+
+
+def _dynamic_spatial(ctx: Ctx) -> Call:
+    # Valid for any H, W (global pooling first), so only the dynamic dims can be refused.
+    nodes = [helper.make_node("Relu", ["g0"], ["logits"], name="relu")]
+    path = _onnx_model(ctx, "dyn.onnx", nodes, ["N", 1, "H", "W"], pool=True)
+    return Call(ctx.run("--model", path, *FP32_ONLY), ("dyn.onnx takes input", "'H'", "'W'"))
+
+
+def _missing_external_data(ctx: Ctx) -> Call:
+    nodes = [helper.make_node("Relu", ["g0"], ["logits"], name="relu")]
+    path = _onnx_model(ctx, "ext.onnx", nodes, ["N", 1, 8, 8], external=True)
+    (ctx.tmp / "ext.onnx.data").unlink()
+    return Call(ctx.run("--model", path), ("external data file 'ext.onnx.data'", "is missing"))
+
+
+def _pt2(ctx: Ctx) -> Path:
+    from exporter.models.zoo import SeedCNN
+
+    path = ctx.tmp / "seed.pt2"
+    program = torch.export.export(SeedCNN(1, (8, 8), 10).eval(), (torch.zeros(1, 1, 8, 8),))
+    torch.export.save(program, path)
+    return path
+
+
+def _imagefolder_corrupt(ctx: Ctx) -> Call:
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        (ctx.tmp / "imgs" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 40 * i).save(ctx.tmp / "imgs" / cls / f"{i}.png")
+    ctx.write("imgs/b/broken.png", b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
+    return Call(ctx.run("--model", "seed-cnn", "--data", f"imagefolder:{ctx.tmp / 'imgs'}"),
+                ("corrupt image", "imgs/b/broken.png"))
+
+
+def _cifar_wrong_length(ctx: Ctx) -> Call:
+    ctx.write("cifar/data_batch_1.bin", _random_bytes(3073 * 2 + 100, 3))
+    return Call(ctx.run("--model", "seed-cnn", "--data", f"cifar10:{ctx.tmp / 'cifar'}"),
+                ("data_batch_1.bin: 6246 bytes", "not a whole number of 3073-byte"))
+
+
+def _nan_npz(ctx: Ctx) -> Call:
+    images = np.full((40, 8, 8, 1), 100.0, np.float32)
+    images[3, 2, 2, 0] = np.nan
+    images[5, 1, 1, 0] = np.inf
+    path = _npz(ctx, "nan.npz", images, np.arange(40) % 10)
+    return Call(ctx.run("--model", "seed-cnn", "--data", f"npz:{path}"),
+                ("nan.npz: images contain NaN or Inf",))
+
+
+def _few_calibration_images(ctx: Ctx) -> Call:
+    path = _npz(ctx, "few.npz", *_digits_like(60))
+
+    def after(_res):
+        report = json.loads((ctx.out / "report.json").read_text())
+        used = report["data"]["train_images"]
+        assert used < 256
+        assert report["quantization"]["calibration"] == (
+            f"only {used} training images (recipe asks for 256): calibrated on all of them")
+
+    return Call(["run", "--model", "seed-cnn", "--data", f"npz:{path}", "--out", ctx.out,
+                 "--force", "-q", *FAST, "--set", 'export.formats=["onnx"]',
+                 "--set", 'export.storage=["dense"]'], (), ok=True, after=after)
+
+
+# ------------------------------------------------------------------------------ recipe side
+
+
+def _extends_cycle(ctx: Ctx) -> Call:
+    ctx.write("a.toml", 'extends = "b.toml"\ndescription = "a"\n')
+    ctx.write("b.toml", 'extends = "a.toml"\ndescription = "b"\n')
+    return Call(ctx.seeded("--target", ctx.tmp / "a.toml"), ("'extends' cycle",))
+
+
+# ------------------------------------------------------------------------------ target side
+
+
+def _need_qemu() -> str | None:
+    return None if shutil.which("qemu-aarch64") else "qemu-aarch64 not installed"
+
+
+def _broken_sysroot(ctx: Ctx) -> Call:
+    root = ctx.tmp / "cache" / "arm64"
+    (root / "sysroot").mkdir(parents=True)
+    (root / "stamp.json").write_text(json.dumps({"format": 1}))
+    return Call(ctx.seeded("--target", "rpi4-qemu"), ("unusable", "edgepack target setup arm64 --force"),
+                env={"EDGEPACK_CACHE": str(ctx.tmp / "cache")}, skip=_need_qemu())
+
+
+def _ssh(ctx: Ctx, *, host: str | None = None, config: str = "good", extra=()) -> list:
+    """`edgepack check` of a private copy of the session's output over SSH."""
+    if host is None:
+        host, _ = ctx.fixture("sshd")
+    cfg = config if Path(config).is_absolute() else ctx.fixture("sshd")[1] / f"ssh_config.{config}"
+    out = ctx.copy_out()
+    return ["check", out, "--target", "rpi5", "--host", host, "-q",
+            "--set", f'device.ssh_options=["-F","{cfg}"]', "--set", "device.connect_timeout_s=5",
+            "--set", "runtime.runs=5", "--set", "runtime.warmup=1", *extra]
+
+
+def _ssh_closed_port(ctx: Ctx) -> Call:
+    # No sshd needed: nothing listens on a just-freed loopback port.
+    ctx.write("ssh_config", "Host *\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+    return Call(_ssh(ctx, host=f"nobody@127.0.0.1:{_free_port()}", config=str(ctx.tmp / "ssh_config")),
+                ("unreachable", "Connection refused"))
+
+
+def _ssh_auth_refused(ctx: Ctx) -> Call:
+    _, d = ctx.fixture("sshd")
+    cfg = ctx.write("ssh_config", (d / "ssh_config.good").read_text().replace(
+        f"IdentityFile {d / 'id'}", f"IdentityFile {d / 'otherkey'}"))
+    return Call(_ssh(ctx, config=str(cfg)), ("authentication refused", "ssh-copy-id"))
+
+
+def _fake_python(ctx: Ctx, body: str) -> Path:
+    """A 'python3' on the device: a shell script in front of this interpreter."""
+    path = ctx.write("fakepy", f"#!/bin/sh\n{body}\nexec {sys.executable} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def _ssh_no_runtime(ctx: Ctx) -> Call:
+    # numpy is there, but importing either runtime fails, as on a device where none is installed.
+    block = ctx.tmp / "block"
+    for mod in ("onnxruntime", "ai_edge_litert", "tflite_runtime"):
+        ctx.write(f"block/{mod}/__init__.py", f"raise ImportError('no {mod} on this device')\n")
+    py = _fake_python(ctx, f'export PYTHONPATH="{block}"')
+    return Call(_ssh(ctx, extra=("--set", f'device.python="{py}"')),
+                ("onnxruntime is not installed for", "there (pip install onnxruntime)"))
+
+
+def _ssh_hangs(ctx: Ctx) -> Call:
+    # The probe (python -c ...) answers; the check itself never does.
+    py = _fake_python(ctx, 'case "$*" in *runtime_check*) exec sleep 300;; esac')
+    started = time.monotonic()
+
+    def after(_res):
+        assert time.monotonic() - started < 30, "the timeout did not fire in time"
+
+    return Call(_ssh(ctx, extra=("--set", f'device.python="{py}"',
+                                 "--set", "device.timeout_s=2")),
+                ("runtime_check timed out after 2 s",), after=after)
+
+
+# The catalogue: (id, builder). Ids say side and case; every case appears exactly once.
+CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
+    # --- model side
+    ("model/missing-file", lambda c: Call(c.run("--model", c.tmp / "nope.onnx"),
+                                          ("model file", "nope.onnx not found"))),
+    ("model/onnx-truncated", lambda c: Call(
+        c.run("--model", c.write("cut.onnx", (c.fixture("seed_out") / "model.fp32.onnx")
+                                 .read_bytes()[:5000])),
+        ("cut.onnx: not a valid ONNX model",), process=True)),
+    ("model/onnx-random-bytes", lambda c: Call(
+        c.run("--model", c.write("noise.onnx", _random_bytes(4096, 1))),
+        ("noise.onnx: not a valid ONNX model",))),
+    ("model/tflite-truncated(inspect)", lambda c: Call(
+        ["inspect", c.write("cut.tflite", (c.fixture("seed_out") / "model.fp32.tflite")
+                            .read_bytes()[:3000])],
+        ("cut.tflite: not a valid TFLite model",))),
+    ("model/tflite-random-bytes(inspect)", lambda c: Call(
+        ["inspect", c.write("noise.tflite", _random_bytes(4096, 2))],
+        ("noise.tflite: not a valid TFLite model",), process=True)),
+    ("model/pt-truncated", lambda c: Call(
+        c.run("--model", "seed-cnn", "--weights", c.write("cut.pt", c.weights.read_bytes()[:900])),
+        ("cut.pt: not a readable torch weights file",), process=True)),
+    ("model/pt-random-bytes", lambda c: Call(
+        c.run("--model", "seed-cnn", "--weights", c.write("noise.pt", _random_bytes(4096, 3))),
+        # Random bytes read as a pickle stream: refused at the first opcode, never executed.
+        ("noise.pt: refused by torch.load(weights_only=True)",))),
+    ("model/pt2-truncated", lambda c: Call(
+        c.run("--model", c.write("cut.pt2", _pt2(c).read_bytes()[:2000])),
+        ("cut.pt2: not a readable torch.export program",), process=True)),
+    ("model/pt2-random-bytes", lambda c: Call(
+        c.run("--model", c.write("noise.pt2", _random_bytes(4096, 4))),
+        ("noise.pt2: not a readable torch.export program",), process=True)),
+    ("model/state-dict-missing-keys", lambda c: Call(
+        c.run("--model", "seed-cnn", "--weights",
+              _state_dict(c, "missing.pt", lambda s: [s.pop(k) for k in list(s)[-2:]])),
+        ("does not match the model", "missing keys:"))),
+    ("model/state-dict-unexpected-keys", lambda c: Call(
+        c.run("--model", "seed-cnn", "--weights",
+              _state_dict(c, "extra.pt", lambda s: s.update({"head.weight": torch.zeros(3)}))),
+        ("does not match the model", "unexpected keys: head.weight"))),
+    ("model/state-dict-wrong-shapes", lambda c: Call(
+        c.run("--model", "seed-cnn", "--weights", _state_dict(
+            c, "shape.pt", lambda s: s.update({k: torch.zeros(2, *v.shape[1:])
+                                               for k, v in list(s.items())[:1]}))),
+        ("does not match the model", "wrong shapes:", "vs model"))),
+    ("model/weights-pickle-with-code", _pickle_with_code),
+    ("model/factory-raises", lambda c: Call(
+        c.run("--model", f"{c.write('nets.py', NETS)}:Raises"),
+        ("model factory", "raised RuntimeError: the factory is broken"))),
+    ("model/factory-returns-non-module", lambda c: Call(
+        c.run("--model", f"{c.write('nets.py', NETS)}:not_a_module"),
+        ("returned dict, not a torch.nn.Module",))),
+    ("model/onnx-unsupported-ops(run,tflite)", _unsupported_ops),
+    ("model/onnx-dynamic-spatial-dim", _dynamic_spatial),
+    ("model/onnx-missing-external-data", _missing_external_data),
+    ("model/output-4d-map", lambda c: Call(
+        c.run("--model", f"{c.write('nets.py', NETS)}:FeatureMap"),
+        ("output has shape [1, 10, 8, 8]", "expected class logits"))),
+    ("model/output-tuple", lambda c: Call(
+        c.run("--model", f"{c.write('nets.py', NETS)}:Pair"), ("returns a tuple",))),
+    # --- data side
+    ("data/empty-dataset", lambda c: Call(
+        c.run("--model", "seed-cnn", "--data",
+              f"npz:{_npz(c, 'empty.npz', np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0))}"),
+        ("empty.npz: the data set is empty",))),
+    ("data/wrong-image-size", lambda c: Call(
+        c.seeded("--eval-data", f"npz:{_npz(c, 'big.npz', *_digits_like(20, 16, 16))}"),
+        ("the model does not accept 1x16x16 images", "big.npz"))),
+    ("data/wrong-channel-count", lambda c: Call(
+        c.seeded("--eval-data", f"npz:{_npz(c, 'rgb.npz', *_digits_like(20, c=3))}"),
+        ("rgb.npz", "3x8x8"))),
+    ("data/labels-out-of-range", lambda c: Call(
+        c.seeded("--eval-data", f"npz:{_npz(c, 'lab.npz', *_digits_like(20, classes=13))}"),
+        ("lab.npz: label 12 is outside the model's 10 classes",))),
+    ("data/negative-label", lambda c: Call(
+        c.seeded("--eval-data", f"npz:{_npz(c, 'neg.npz', _digits_like(20)[0], np.arange(20) - 1)}"),
+        ("neg.npz: negative label -1",))),
+    ("data/corrupt-image-in-folder", _imagefolder_corrupt),
+    ("data/cifar10-batch-wrong-length", _cifar_wrong_length),
+    ("data/nan-inf-in-npz", _nan_npz),
+    ("data/fewer-images-than-calibration(succeeds)", _few_calibration_images),
+    # --- recipe side
+    ("recipe/unknown-key", lambda c: Call(c.seeded("--set", "runtime.thread=2"),
+                                          ("unknown key 'thread'",))),
+    ("recipe/wrong-type", lambda c: Call(c.seeded("--set", 'runtime.threads="two"'),
+                                         ("runtime.threads",))),
+    ("recipe/sparsity-out-of-range", lambda c: Call(c.seeded("--sparsity", "1.2"),
+                                                    ("compress.prune.sparsity", "1.2"))),
+    ("recipe/threads-zero", lambda c: Call(c.seeded("--set", "runtime.threads=0"),
+                                           ("runtime.threads", "0"))),
+    ("recipe/unknown-target", lambda c: Call(c.seeded("--target", "mars"),
+                                             ("unknown target 'mars'",))),
+    ("recipe/extends-cycle", _extends_cycle),
+    # --- target side
+    ("target/qemu-user-missing", lambda c: Call(
+        c.seeded("--target", "rpi4-qemu"), ("qemu-aarch64 not found", "qemu-user"),
+        env={"PATH": str(c.tmp)})),
+    ("target/sysroot-missing", lambda c: Call(
+        c.seeded("--target", "rpi4-qemu"), ("not built", "edgepack target setup arm64"),
+        env={"EDGEPACK_CACHE": str(c.tmp / "empty-cache")}, skip=_need_qemu())),
+    ("target/sysroot-corrupted", _broken_sysroot),
+    ("target/ssh-unreachable", _ssh_closed_port),
+    ("target/ssh-host-key-changed", lambda c: Call(_ssh(c, config="bad"),
+                                                   ("host key has CHANGED", "ssh-keygen -R"))),
+    ("target/ssh-auth-refused", _ssh_auth_refused),
+    ("target/ssh-device-without-python", lambda c: Call(
+        _ssh(c, extra=("--set", 'device.python="/opt/none/bin/python3"')),
+        ("'/opt/none/bin/python3' not found on the device",))),
+    ("target/ssh-device-without-runtime", _ssh_no_runtime),
+    ("target/ssh-run-hangs", _ssh_hangs),
+]
+
+
+@pytest.mark.parametrize("builder", [b for _, b in CASES], ids=[i for i, _ in CASES])
+def test_bad_input(builder, tmp_path, request, monkeypatch):
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    ctx = Ctx(case_dir, request)
+    call = builder(ctx)
+    if call.skip:
+        pytest.skip(call.skip)
+    # edgepack's scratch directories (tempfile's, in-process and in child processes) go to a
+    # private, empty directory, so a leftover is seen whatever else uses /tmp meanwhile.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    env = {"TMPDIR": str(scratch), **(call.env or {})}
+    before, device_before = _snapshot(case_dir), _device_leftovers()
+    res = (run_process if call.process else invoke_env)(call.args, env)
+    if call.ok:
+        assert res.exit_code in (0, 1), res.output
+        assert (ctx.out / "report.json").is_file() and not (ctx.out / "keep.txt").exists()
+    else:
+        assert_one_line_error(res, *call.fragments)
+        assert _snapshot(case_dir) == before, "a file was written, changed or left behind"
+    assert not [p for p in ctx.out.parent.iterdir() if p.name.startswith(".out.")], \
+        "a temp sibling of --out was left behind"
+    # Caches other libraries keep in $TMPDIR by design, not edgepack temp files: LiteRT's
+    # session-id file .ses and torch's compile cache torchinductor_<user>.
+    left = [p.name for p in scratch.iterdir()
+            if p.name != ".ses" and not p.name.startswith("torchinductor_")]
+    assert left == [], f"a temp file or directory was left behind: {left}"
+    assert not _new_device_leftovers(device_before), "an edgepack-rc.* dir was left on the device"
+    if call.after:
+        call.after(res)
+
+
+@dataclass
+class _ProcessResult:
+    """What assert_one_line_error reads, from a real process (stdout + stderr)."""
+
+    exit_code: int
+    output: str
+
+
+def run_process(args, env) -> _ProcessResult:
+    proc = subprocess.run([str(EDGEPACK), *(str(a) for a in args)], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=120, check=False)
+    return _ProcessResult(proc.returncode, proc.stdout + proc.stderr)
+
+
+def invoke_env(args, env):
+    from click.testing import CliRunner
+
+    from exporter.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
+
+
+def test_catalogue_lists_each_case_once():
+    ids = [i for i, _ in CASES]
+    assert len(ids) == len(set(ids)) == 44
+    # + disk full (run, train) and Ctrl-C below: 47 cases in all.
+
+
+# --------------------------------------------------------------------- disk full and Ctrl-C
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 200 KiB tmpfs (root only); None where mounting is not allowed here."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
+                          capture_output=True, check=False)
+    if proc.returncode != 0:
+        yield None
+        return
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_disk_full_on_output(tiny_disk, tmp_path, seed_weights, monkeypatch):
+    """ENOSPC while writing --out: one line, nothing left on the (full) disk.
+
+    A real 200 KiB tmpfs where mounting is allowed (the run's artifacts need ~350 KB); else
+    ENOSPC is simulated by making the ONNX save fail as a full disk would.
+    """
+    if tiny_disk is None:
+        def full(*_a, **_k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr("exporter.onnx_io.onnx.save_model", full)
+        parent = tmp_path
+    else:
+        parent = tiny_disk
+    out = parent / "out"
+    res = invoke("run", "--model", "seed-cnn", "--weights", seed_weights, "--out", out, "-q",
+                 *FAST, *FP32_ONLY)
+    assert_one_line_error(res, "no space left on device", str(out))
+    assert list(parent.iterdir()) == [], "the full disk kept a partial output"
+
+
+def test_disk_full_on_train_output(tiny_disk, tmp_path, monkeypatch):
+    """The same for `edgepack train` (torch.save's own writer raised a RuntimeError there)."""
+    if tiny_disk is None:
+        def full(*_a, **_k):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(Path, "write_bytes", full)
+        parent = tmp_path
+    else:
+        # Filled up to the last 4 KiB: the ~110 KB state_dict cannot fit.
+        (tiny_disk / "filler").write_bytes(bytes(196 * 1024))
+        parent = tiny_disk
+    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "1", "-q",
+                 "--out", parent / "seed.pt")
+    assert_one_line_error(res, "no space left on device", "seed.pt")
+    assert sorted(p.name for p in parent.iterdir()) == ([] if tiny_disk is None else ["filler"])
+
+
+def test_ctrl_c_during_finetuning(tmp_path, seed_weights):
+    """SIGINT to a real `edgepack run` while it fine-tunes: exit 130, one line, nothing left."""
+    out = tmp_path / "out"
+    cmd = [str(EDGEPACK), "run", "--model", "seed-cnn", "--weights", str(seed_weights),
+           "--out", str(out), "-q", *FAST, *FP32_ONLY,
+           # Long enough to be interrupted mid-way: many small fine-tuning epochs.
+           "--set", "compress.finetune.epochs=200", "--set", "compress.finetune.batch_size=8"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    # Wait until the run has built its temp output directory: it is then inside the pipeline.
+    deadline = time.monotonic() + 60
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(1.0)  # now fine-tuning (200 epochs take minutes)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    lines = [ln for ln in stderr.decode().splitlines() if ln.strip()]
+    assert proc.returncode == 130, stderr.decode()
+    assert lines == ["error: interrupted; no partial output was left"], stderr.decode()
+    assert list(tmp_path.iterdir()) == [], "a partial output or temp dir was left"
+    # The next run with the same --out starts clean (no --force needed: nothing is there).
+    res = invoke("run", "--model", "seed-cnn", "--weights", seed_weights, "--out", out, "-q",
+                 *FAST, *FP32_ONLY)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
