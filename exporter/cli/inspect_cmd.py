@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import click
@@ -21,7 +20,9 @@ def command(path: Path, as_json: bool):
 
         info = describe_onnx(path)
     elif path.suffix == ".tflite":
-        info = _describe_tflite(path)
+        from exporter.tflite import describe_tflite
+
+        info = describe_tflite(path)
     else:
         raise InputFileError(f"{path}: cannot inspect '{path.suffix or 'no suffix'}' files "
                              "(expected .onnx or .tflite)")
@@ -51,21 +52,3 @@ def command(path: Path, as_json: bool):
         click.echo(f"{t['name'][:40]:40} {str(t['shape']):>18} {t['dtype']:>8} "
                    f"{t['bytes']:>10,} {'' if sp is None else f'{sp:.1%}':>9} "
                    f"{t.get('encoding', t.get('storage', '')):>10}")
-
-
-def _describe_tflite(path: Path) -> dict:
-    """describe_tflite, with a missing or corrupt file as one line instead of a traceback.
-
-    The flatbuffer is read by the schema's generated Python accessors, which do no bounds or
-    type checks of their own: corrupt bytes surface as whatever the first bad read raises
-    (struct.error, IndexError, UnicodeDecodeError, TypeError, ValueError...).
-    """
-    from exporter.tflite import describe_tflite
-
-    if not path.is_file():
-        raise InputFileError(f"TFLite file {path} not found")
-    try:
-        return describe_tflite(path)
-    except (ValueError, TypeError, IndexError, KeyError, OverflowError, struct.error) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise InputFileError(f"{path}: not a valid TFLite model ({first})") from None

@@ -9,6 +9,7 @@ only ``writer.py`` touches it. Layout: ``layout.py``; op lowerings: ``ops/``
 from __future__ import annotations
 
 import os
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import onnx
 
 from exporter.atomic import atomic_write_bytes
+from exporter.errors import InputFileError
 from exporter.tflite.convert import convert
 from exporter.tflite.onnx_reader import load_onnx_file
 from exporter.tflite.registry import load_all
@@ -141,5 +143,16 @@ def supported_ops() -> list[tuple[str, str]]:
 
 def describe_tflite(path: str | os.PathLike | bytes) -> dict[str, Any]:
     """Ops with counts, tensors (name, shape, dtype, buffer bytes, quantization), inputs/outputs, total bytes."""
-    data = path if isinstance(path, bytes) else Path(path).read_bytes()
-    return describe_bytes(data)
+    if isinstance(path, bytes):
+        data, name = path, "TFLite bytes"
+    else:
+        if not Path(path).is_file():
+            raise InputFileError(f"TFLite file {path} not found")
+        data, name = Path(path).read_bytes(), str(path)
+    try:
+        return describe_bytes(data)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError,
+            OverflowError, struct.error, RecursionError) as exc:
+        # The schema's generated accessors do no bounds or type checks: corrupt bytes surface
+        # as whatever the first bad read raises.
+        raise InputFileError(f"{name}: not a valid TFLite model ({type(exc).__name__})") from None

@@ -82,7 +82,8 @@ def test_run_package_writes_dir_and_deterministic_zip(run_dir):
     manifest = json.loads((pkg / "manifest.json").read_text())
     assert manifest["allow_failed"] is False and manifest["validation"]["passed"] is True
     assert set(manifest["files"]) == PACKAGE_FILES - {"manifest.json"}
-    assert manifest["models"]["model.tflite"]["source"] == "model.fp32.tflite"
+    # The int8 TFLite held its budgets, so it is what ships.
+    assert manifest["models"]["model.tflite"]["source"] == "model.int8.tflite"
     assert manifest["models"]["model.ort"]["source"] == "model.int8.onnx"
     assert manifest["classes"] == [str(i) for i in range(10)]
     assert (pkg / "labels.txt").read_text().splitlines() == manifest["classes"]
@@ -155,7 +156,7 @@ def _litert(model: bytes, x: np.ndarray) -> np.ndarray:
 
 def test_packaged_tflite_gives_identical_outputs(run_dir):
     x = np.load(run_dir / "eval_batch.npz")["inputs"].transpose(0, 2, 3, 1)
-    plain = _litert((run_dir / "model.fp32.tflite").read_bytes(), x)
+    plain = _litert((run_dir / "model.int8.tflite").read_bytes(), x)
     packed = _litert((run_dir / "package" / "android" / "model.tflite").read_bytes(), x)
     assert np.array_equal(plain, packed)
 
@@ -255,7 +256,8 @@ def test_missing_classes(copy_dir):
 
 def test_no_tflite(copy_dir):
     d = copy_dir()
-    (d / "model.fp32.tflite").unlink()
+    for tfl in d.glob("*.tflite"):
+        tfl.unlink()
     one_line_error(invoke("package", d), "no TFLite artifact")
     assert not (d / "package").exists()
 
