@@ -624,7 +624,11 @@ def test_ctrl_c_during_finetuning(tmp_path, seed_weights):
            "--out", str(out), "-q", *FAST, *FP32_ONLY,
            # Long enough to be interrupted mid-way: many small fine-tuning epochs.
            "--set", "compress.finetune.epochs=200", "--set", "compress.finetune.batch_size=8"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    # A process started with SIGINT ignored (nohup, a background job of a script, some CI
+    # launchers) passes that on, and Python then installs no KeyboardInterrupt handler: the
+    # child gets the default disposition back, as an interactive shell would give it.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Wait until the run has built its temp output directory: it is then inside the pipeline.
     deadline = time.monotonic() + 60
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]:
