@@ -48,23 +48,29 @@ class InvertedResidual(nn.Module):
         return x + y if self.use_residual else y
 
 
-class MobileNetV2Tiny(nn.Module):
-    def __init__(self, num_classes: int = 10):
+class MobileNetV2Like(nn.Module):
+    """Stem conv, inverted residuals (cin, cout, stride, expansion), 1x1 head, pool, FC."""
+
+    def __init__(self, stem: int, blocks: list[tuple[int, int, int, int]], head: int,
+                 num_classes: int = 10):
         super().__init__()
         self.features = nn.Sequential(
-            *_conv_bn(3, 16, 3),
+            *_conv_bn(3, stem, 3),
             nn.ReLU6(),
-            InvertedResidual(16, 16, 1, 4),
-            InvertedResidual(16, 24, 2, 4),
-            InvertedResidual(24, 24, 1, 4),
-            *_conv_bn(24, 64, 1),
+            *(InvertedResidual(*b) for b in blocks),
+            *_conv_bn(blocks[-1][1], head, 1),
             nn.ReLU6(),
         )
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(64, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(head, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+class MobileNetV2Tiny(MobileNetV2Like):
+    def __init__(self, num_classes: int = 10):
+        super().__init__(16, [(16, 16, 1, 4), (16, 24, 2, 4), (24, 24, 1, 4)], 64, num_classes)
 
 
 class BasicBlock(nn.Module):
