@@ -77,18 +77,26 @@ def _weights(name: str, cache: Path, data: str, holdout: float) -> Path:
     return path
 
 
-def _latency(candidates: dict, x: np.ndarray, layouts: dict, runs: int, warmup: int = 20) -> dict:
-    """Interleaved: each round runs every candidate once, on the same image."""
+def _latency(candidates: dict, x: np.ndarray, layouts: dict, runs: int, block: int = 1,
+             warmup: int = 20) -> dict:
+    """Interleaved: each round runs every candidate ``block`` times, on the same images.
+
+    With several threads, a runtime's idle workers spin for a while after each run and would
+    steal the cores from the next candidate; rounds of ``block`` runs, of which the first
+    ``block // 5`` are not timed, let each candidate start on quiet cores.
+    """
     times = {k: [] for k in candidates}
     feed = {k: (x.transpose(0, 2, 3, 1).copy() if layouts[k] == "nhwc" else x) for k in candidates}
-    for i in range(-warmup, runs):
-        j = i % len(x)
+    skip = block // 5
+    for r in range(-warmup // block - 1, (runs + block - skip - 1) // (block - skip)):
         for k, sess in candidates.items():
-            one = feed[k][j:j + 1]
-            t0 = time.perf_counter_ns()
-            sess.run(one)
-            if i >= 0:
-                times[k].append((time.perf_counter_ns() - t0) / 1e6)
+            for b in range(block):
+                j = (r * block + b) % len(x)
+                one = feed[k][j:j + 1]
+                t0 = time.perf_counter_ns()
+                sess.run(one)
+                if r >= 0 and b >= skip:
+                    times[k].append((time.perf_counter_ns() - t0) / 1e6)
     return {k: (float(np.percentile(v, 50)), float(np.percentile(v, 90))) for k, v in times.items()}
 
 
@@ -170,7 +178,8 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
                 logits = np.concatenate([sess.run(xx[i:i + 1]) for i in range(len(xx))])
                 rows[label]["accuracy"] = accuracy(logits.reshape(len(xx), -1), y)
                 rows[label]["drop"] = ref_acc - rows[label]["accuracy"]
-        for label, (p50, p90) in _latency(sessions, x, layouts, runs).items():
+        block = 1 if threads == 1 else 25
+        for label, (p50, p90) in _latency(sessions, x, layouts, runs, block).items():
             rows[label][f"p50_{threads}t"], rows[label][f"p90_{threads}t"] = p50, p90
     return [{"model": name, "candidate": k, **v} for k, v in rows.items()]
 
@@ -185,7 +194,8 @@ def write_markdown(rows: list[dict], path: Path, command: str, meta: dict) -> No
              f"{meta['eval']} images (seeded stratified 20 % split of the training file, never "
              "trained on). Latency: batch 1, median (p50) and p90 of "
              f"{meta['runs']} runs per candidate, interleaved in one loop so machine noise hits "
-             "all alike. `convert s`: wall time of that candidate's conversion/quantization step "
+             "all alike (1 thread: one run of each in turn; 2 threads: rounds of 25 runs each, the first 5 "
+             "untimed, so the spinning workers of the previous runtime have gone quiet). `convert s`: wall time of that candidate's conversion/quantization step "
              "(edgepack: the TFLite writer for .tflite rows; the whole `edgepack run` is given "
              "once per model below the table).", ""]
     for model in sorted({r["model"] for r in rows}):
