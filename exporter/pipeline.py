@@ -158,7 +158,7 @@ def _sparse_copies(tmp: Path, artifacts: list[Artifact], recipe: Recipe, norm) -
                                 storage="sparse", delegate=recipe.runtime.delegate, **kwargs)
         if res.bytes < (tmp / art.path).stat().st_size:
             out.append(Artifact(name, "tflite", art.precision, "sparse",
-                                {**art.extra, "op_counts": res.op_counts,
+                                {**art.extra, **_tflite_extra(res),
                                  "delegate": recipe.runtime.delegate, "tensors": res.tensors}))
         else:
             (tmp / name).unlink(missing_ok=True)
@@ -184,10 +184,14 @@ def _export_tflite_int8(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) 
                             io_dtype=io,
                             normalization=(norm.mean, norm.std) if io == "uint8" else None)
     return Artifact(TFLITE_INT8, "tflite", "int8", "dense",
-                    {"op_counts": res.op_counts, "transpose_count": res.transpose_count,
-                     "input_layout": res.input_layout, "io_dtype": res.io_dtype,
-                     "float_fallback_ops": list(res.float_fallback_ops),
-                     "conversion_s": round(res.seconds, 3)})
+                    {**_tflite_extra(res), "io_dtype": res.io_dtype,
+                     "float_fallback_ops": list(res.float_fallback_ops)})
+
+
+def _tflite_extra(res) -> dict:
+    """What the writer reports that the report shows for every TFLite artifact."""
+    return {"op_counts": res.op_counts, "transpose_count": res.transpose_count,
+            "input_layout": res.input_layout, "conversion_s": round(res.seconds, 3)}
 
 
 def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
@@ -195,9 +199,7 @@ def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
 
     res = convert_onnx_file(onnx_path, out_dir / TFLITE_FP32,
                             input_layout=recipe.export.input_layout)
-    return Artifact(TFLITE_FP32, "tflite", "fp32", "dense",
-                    {"op_counts": res.op_counts, "transpose_count": res.transpose_count,
-                     "input_layout": res.input_layout, "conversion_s": round(res.seconds, 3)})
+    return Artifact(TFLITE_FP32, "tflite", "fp32", "dense", _tflite_extra(res))
 
 
 def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
