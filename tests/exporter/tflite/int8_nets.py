@@ -8,8 +8,7 @@ measure of the int8 file size. Same patterns: BatchNorm, ReLU6, depthwise, resid
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from nets import MobileNetV2Like
+from nets import MobileNetV2Like, SeedCNN
 from torch import nn
 
 
@@ -33,17 +32,8 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-class SeedCNNValid(nn.Module):
+class SeedCNNValid(SeedCNN):
     """nets.SeedCNN with an unpadded first conv: the uint8 input normalization folds into it."""
 
     def __init__(self, num_classes: int = 10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3)
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 7 * 7, 128)
-        self.fc2 = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+        super().__init__(num_classes, first_padding=0)

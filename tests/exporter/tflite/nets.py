@@ -10,11 +10,12 @@ from torch import nn
 class SeedCNN(nn.Module):
     """The project's seed model: two conv/pool stages and a two-layer head."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, first_padding: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=first_padding)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = nn.Linear(32 * 8 * 8, 128)
+        side = 8 if first_padding else 7  # 32x32 input: (32 - 2 + 2p) // 2 // 2
+        self.fc1 = nn.Linear(32 * side * side, 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
