@@ -77,7 +77,10 @@ def from_onnx(scale: np.ndarray, zero_point: np.ndarray | None, axis: int = 1) -
         if zero_point is None
         else np.broadcast_to(np.asarray(zero_point, np.int64).reshape(-1), scales.shape)
     )
-    return QParams(tuple(float(s) for s in scales), tuple(int(z) for z in zps), int(axis))
+    # ONNX's default axis is 1 even for one scale; TFLite wants 0 there, and XNNPACK refuses
+    # to delegate an int8 op whose per-tensor activations say otherwise.
+    axis = int(axis) if scales.size > 1 else 0
+    return QParams(tuple(float(s) for s in scales), tuple(int(z) for z in zps), axis)
 
 
 def onnx_zero_point_dtype(zero_point: np.ndarray | None) -> str:
@@ -109,7 +112,7 @@ def set_params(tensor: Tensor, params: QParams | None) -> None:
         return
     tensor.scales = list(params.scales)
     tensor.zero_points = list(params.zero_points)
-    tensor.quantized_dimension = params.axis
+    tensor.quantized_dimension = params.axis if len(params.scales) > 1 else 0
 
 
 def quantize_array(x: np.ndarray, params: QParams, dtype: str = "int8") -> np.ndarray:
