@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from exporter import __version__
 from exporter.artifacts import Artifact, save_manifest
@@ -32,11 +33,12 @@ from exporter.prepare import (
 from exporter.progress import Progress, make_progress, stderr_console
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.quantize.onnx_int8 import calibration_cache, quantize_onnx
+from exporter.quantize.qat import qat_finetune
 from exporter.recipe import Recipe, load_recipe
 from exporter.report import build_report, print_table, write_report
 from exporter.report_html import write_html
 from exporter.sparse_onnx import sparsify_onnx
-from exporter.training import accuracy, predict
+from exporter.training import TrainConfig, accuracy, predict
 from exporter.validate import EVAL_BATCH, make_runner, validate
 from runtime_check.cpu import describe_cpu
 
@@ -87,8 +89,9 @@ def _check_labels(splits, chw: tuple[int, int, int], num_classes: int) -> None:
 
 
 def _compress_and_export(module, recipe: Recipe, splits, norm, eval_x: np.ndarray, tmp: Path,
-                         progress: Progress) -> dict:
-    """Compress a copy of the model, export it to ONNX fp32 and check the export's parity."""
+                         progress: Progress) -> tuple[dict, nn.Module]:
+    """Compress a copy of the model, export it to ONNX fp32 and check the export's parity;
+    returns the report's sections and the compressed module."""
     compressed = copy.deepcopy(module)
     train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
     comp = compress(compressed, recipe.compress, train_x, splits.train.labels,
@@ -102,11 +105,11 @@ def _compress_and_export(module, recipe: Recipe, splits, norm, eval_x: np.ndarra
     return {"compression": {**comp.to_dict(), "params": params, "macs": macs,
                             "torch_accuracy": accuracy(comp_logits, splits.eval.labels)},
             "export": {"onnx_vs_torch_max_abs_diff":
-                       float(np.abs(exported - comp_logits[:64]).max())}}
+                       float(np.abs(exported - comp_logits[:64]).max())}}, compressed
 
 
-def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
-    """Calibrate on training images and search for an int8 model within quantize.max_drop."""
+def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]:
+    """Calibration and tuning images, both from the training split (never the eval set)."""
     q = recipe.quantize
     rng = np.random.default_rng(recipe.eval.seed)
     order = rng.permutation(len(splits.train))
@@ -114,16 +117,64 @@ def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
     tune_idx = np.sort(order[q.calibration_samples:q.calibration_samples + q.tuning_samples])
     if len(tune_idx) == 0:  # tiny data: tune on the calibration images rather than not at all
         tune_idx = calib_idx
-    calib_x = norm.apply(splits.train.images[calib_idx])
-    tune_x = norm.apply(splits.train.images[tune_idx])
+    return (norm.apply(splits.train.images[calib_idx]), norm.apply(splits.train.images[tune_idx]),
+            splits.train.labels[tune_idx])
+
+
+def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
+    """Calibrate on training images and search for an int8 model within quantize.max_drop."""
+    q = recipe.quantize
+    calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
     outcome = quantize_stage(tmp / ONNX_FP32, tmp / ONNX_INT8, q, calib_x=calib_x,
-                             tune_x=tune_x, tune_y=splits.train.labels[tune_idx],
+                             tune_x=tune_x, tune_y=tune_y,
                              device_kind=recipe.device.kind, cpu=describe_cpu())
-    outcome.calibration_note = (f"{len(calib_idx)} training images" if
-                                len(calib_idx) == q.calibration_samples else
-                                f"only {len(calib_idx)} training images (recipe asks for "
+    outcome.calibration_note = (f"{len(calib_x)} training images" if
+                                len(calib_x) == q.calibration_samples else
+                                f"only {len(calib_x)} training images (recipe asks for "
                                 f"{q.calibration_samples}): calibrated on all of them")
     return outcome
+
+
+def _qat(tmp: Path, recipe: Recipe, splits, norm, compressed: nn.Module, outcome: QuantOutcome,
+         progress: Progress) -> Path:
+    """Quantization-aware fine-tuning when int8 still misses its budget; returns the directory
+    holding the fp32 ONNX model (and calibration) the int8 artifacts are made from.
+
+    The QAT model is exported to ``qat/`` and searched like the first one; its int8 model
+    replaces model.int8.onnx only when it loses less against the *original* fp32 model.
+    """
+    q, ft = recipe.quantize, recipe.compress.finetune
+    calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
+    model = copy.deepcopy(compressed)
+    cfg = TrainConfig(epochs=q.qat_epochs, lr=q.qat_lr, batch_size=ft.batch_size, seed=ft.seed,
+                      augment=ft.augment)
+    qat = qat_finetune(model, norm.apply(splits.train.images), splits.train.labels, cfg, calib_x,
+                       progress=progress)
+    qat_dir = tmp / "qat"
+    qat_dir.mkdir()
+    export_onnx(model, splits.eval.image_shape, qat_dir / ONNX_FP32, opset=recipe.export.opset)
+    found = quantize_stage(qat_dir / ONNX_FP32, qat_dir / ONNX_INT8, q, calib_x=calib_x,
+                           tune_x=tune_x, tune_y=tune_y, device_kind=recipe.device.kind,
+                           cpu=describe_cpu())
+    best_before = min(a["drop"] for a in outcome.attempts)
+    tuned = next(a for a in found.attempts if a["chosen"])["tuning_accuracy"]
+    drop = outcome.fp32_tuning_accuracy - tuned
+    chosen = drop < best_before
+    for a in outcome.attempts:
+        a["chosen"] = a["chosen"] and not chosen
+    outcome.attempts.append({"method": found.settings.method,
+                             "float_layers": list(found.settings.float_nodes),
+                             "qat_epochs": q.qat_epochs, "tuning_accuracy": tuned, "drop": drop,
+                             "chosen": chosen})
+    outcome.qat = {**qat.to_dict(), "tuning_accuracy_fp32": found.fp32_tuning_accuracy,
+                   "seconds": round(found.seconds, 2)}
+    if not chosen:
+        return tmp
+    (qat_dir / ONNX_INT8).replace(tmp / ONNX_INT8)
+    outcome.settings = found.settings
+    outcome.within_budget = drop <= q.max_drop
+    outcome.sensitivity, outcome.first_divergence = found.sensitivity, found.first_divergence
+    return qat_dir
 
 
 def _sparse_copies(tmp: Path, artifacts: list[Artifact], recipe: Recipe, norm) -> list[Artifact]:
@@ -165,11 +216,13 @@ def _sparse_copies(tmp: Path, artifacts: list[Artifact], recipe: Recipe, norm) -
     return out
 
 
-def _export_tflite_int8(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) -> Artifact:
+def _export_tflite_int8(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm,
+                        source: Path) -> Artifact:
     """int8 TFLite from the same calibration as the ONNX int8 model.
 
     TFLite's int8 kernels take full 8-bit weights on every CPU, so when the ONNX artifact uses
-    7-bit weights for this x86 CPU, a full-range QDQ model is made from the same cached ranges.
+    7-bit weights for this x86 CPU, a full-range QDQ model is made from the same cached ranges
+    of the fp32 model in ``source`` (``tmp``, or ``tmp/qat`` when QAT was chosen).
     """
     from exporter.tflite import convert_onnx_file
 
@@ -177,8 +230,8 @@ def _export_tflite_int8(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) 
     if outcome.settings.reduce_range:
         qdq = tmp / "model.int8.portable.onnx"
         settings = dataclasses.replace(outcome.settings, reduce_range=False)
-        quantize_onnx(tmp / ONNX_FP32, qdq, settings, calib_inputs=None,
-                      cache=calibration_cache(tmp, settings.method))
+        quantize_onnx(source / ONNX_FP32, qdq, settings, calib_inputs=None,
+                      cache=calibration_cache(source, settings.method))
     io = recipe.quantize.tflite_io
     res = convert_onnx_file(qdq, tmp / TFLITE_INT8, input_layout=recipe.export.input_layout,
                             io_dtype=io,
@@ -233,6 +286,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
     with atomic_dir(opts.out, force=opts.force) as tmp:
         artifacts: list[Artifact] = []
         extra: dict = {}
+        compressed = None
         if loaded.is_onnx:
             _check_onnx_fits(loaded.onnx_path, chw)
             ref_logits = onnx_logits(loaded.onnx_path, eval_x)
@@ -247,7 +301,9 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             _check_labels(splits, chw, num_classes)
             params, macs = count_params_macs(module, chw)
             ref_logits = predict(module, eval_x)
-            extra.update(_compress_and_export(module, recipe, splits, norm, eval_x, tmp, progress))
+            sections, compressed = _compress_and_export(module, recipe, splits, norm, eval_x,
+                                                        tmp, progress)
+            extra.update(sections)
         # The fp32 ONNX model is the intermediate form of every later stage, so it is always
         # written; it is an artifact (validated, reported) only when the recipe asks for ONNX.
         if "onnx" in formats:
@@ -259,6 +315,13 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         if "int8" in recipe.export.precisions:
             task = progress.add_task("quantize int8", total=1)
             outcome = _quantize(tmp, recipe, splits, norm)
+            int8_source = tmp
+            if not outcome.within_budget and recipe.quantize.qat_epochs:
+                if compressed is None:
+                    outcome.qat = {"skipped": "the model entered as ONNX: QAT needs the torch "
+                                              "model"}
+                else:
+                    int8_source = _qat(tmp, recipe, splits, norm, compressed, outcome, progress)
             extra["quantization"] = outcome.to_dict()
             if "onnx" in formats:
                 artifacts.append(Artifact(ONNX_INT8, "onnx", "int8", "dense",
@@ -268,7 +331,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             progress.update(task, advance=1)
             if "tflite" in formats:
                 task = progress.add_task("export TFLite int8", total=1)
-                artifacts.append(_export_tflite_int8(tmp, recipe, outcome, norm))
+                artifacts.append(_export_tflite_int8(tmp, recipe, outcome, norm, int8_source))
                 progress.update(task, advance=1)
         if "sparse" in recipe.export.storage:
             artifacts.extend(_sparse_copies(tmp, artifacts, recipe, norm))

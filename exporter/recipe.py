@@ -99,6 +99,11 @@ class QuantizeSpec:
                               doc="7-bit weights for the ONNX artifact; auto = on for x86 CPUs "
                                   "without VNNI, whose int8 kernels saturate")
     per_channel: bool = _spec(True, doc="per-output-channel weight scales")
+    qat_epochs: int = _spec(0, lo=0, hi=1000,
+                            doc="quantization-aware fine-tuning epochs, tried when int8 still "
+                                "misses max_drop after the calibration methods and float "
+                                "layers (needs the torch model and training data)")
+    qat_lr: float = _spec(0.001, lo=0.0, lo_open=True, doc="SGD learning rate of QAT")
     tflite_io: str = _spec("float32", choices=("float32", "int8", "uint8"),
                            doc="int8 TFLite model input/output: float32 (quantize inside), "
                                "int8, or uint8 raw camera pixels (normalization folded in)")

@@ -332,7 +332,9 @@ def _quantization(report: dict) -> str:
     attempts = q.get("attempts") or []
     if attempts:
         parts.append("<h3>Attempts (in order; the chosen one is marked)</h3>")
-        rows = [([cell(i + 1, num=True), cell(t.get("method")),
+        rows = [([cell(i + 1, num=True),
+                  cell(t.get("method", "") + (f" + QAT {t['qat_epochs']} epochs"
+                                              if t.get("qat_epochs") else "")),
                   cell(", ".join(t.get("float_layers") or []) or "none"),
                   cell(fmt(t.get("tuning_accuracy"), ".2f"), num=True),
                   cell(fmt(t.get("drop"), "+.2f"), num=True),

@@ -26,6 +26,8 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
               help="override a recipe key, e.g. --set compress.prune.sparsity=0.5 (repeatable)")
 @click.option("--sparsity", type=float, help="shortcut for --set compress.prune.sparsity=")
 @click.option("--epochs", type=int, help="shortcut for --set compress.finetune.epochs=")
+@click.option("--qat-epochs", type=int,
+              help="shortcut for --set quantize.qat_epochs= (QAT when int8 misses its budget)")
 @click.option("--mean", type=FLOATS, help="per-channel mean after /255 (default: data statistics)")
 @click.option("--std", type=FLOATS, help="per-channel std after /255")
 @click.option("--force", is_flag=True, help="replace an existing --out directory")
@@ -35,8 +37,8 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
               help="after a passed run, package it for --platform (see `edgepack package`)")
 @click.option("--platform", type=click.Choice(["android", "ios"]), default="android",
               show_default=True, help="platform of --package")
-def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsity, epochs, mean, std,
-            force, quiet, as_json, package, platform):
+def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsity, epochs,
+            qat_epochs, mean, std, force, quiet, as_json, package, platform):
     """Compress MODEL, export ONNX and TFLite, validate every artifact on TARGET, report.
 
     Exit code 0 when every budget holds, 1 when one fails, 2 for bad input.
@@ -48,6 +50,8 @@ def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsi
         extra.append(f"compress.prune.sparsity={sparsity}")
     if epochs is not None:
         extra.append(f"compress.finetune.epochs={epochs}")
+    if qat_epochs is not None:
+        extra.append(f"quantize.qat_epochs={qat_epochs}")
     out = out or Path("dist") / Path(model.split(":")[-1]).stem.lower()
     result = run(RunOptions(model=model, out=out, weights=weights, data=data, eval_data=eval_data,
                             target=target, overrides=tuple(extra), mean=mean, std=std,

@@ -2,8 +2,9 @@
 
 The first calibration method is tried; when int8 loses more than ``quantize.max_drop`` points
 against fp32 on tuning images (taken from the training split, never the eval set), the
-fallback methods are tried, then the most sensitive layers are left in float, one at a time.
-Every attempt is recorded for the report.
+fallback methods are tried, then the most sensitive layers are left in float, one at a time,
+then (``quantize.qat_epochs``) quantization-aware fine-tuning (qat.py, run by the pipeline,
+which holds the torch model). Every attempt is recorded for the report.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class QuantOutcome:
     within_budget: bool = True
     seconds: float = 0.0
     calibration_note: str = ""
+    qat: dict | None = None  # quantization-aware fine-tuning, when it ran
 
     def to_dict(self) -> dict:
         s = self.settings
@@ -42,7 +44,8 @@ class QuantOutcome:
                 "float_layers": list(s.float_nodes), "fp32_tuning_accuracy":
                 self.fp32_tuning_accuracy, "attempts": self.attempts,
                 "calibration": self.calibration_note, "within_budget": self.within_budget, "sensitivity": self.sensitivity,
-                "first_divergence": self.first_divergence, "seconds": round(self.seconds, 2)}
+                "first_divergence": self.first_divergence, "seconds": round(self.seconds, 2),
+                "qat": self.qat}
 
 
 def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool, str]:
