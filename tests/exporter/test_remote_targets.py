@@ -55,7 +55,7 @@ def out_dir(tmp_path_factory) -> Path:
     formats = '["onnx","tflite"]' if HAS_TFLITE else '["onnx"]'
     res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--data", "digits",
                  "--out", tmp / "dist", "--set", f"export.formats={formats}",
-                 "--set", "export.precisions=[\"fp32\"]", "--set", "eval.samples=120",
+                 "--set", "export.precisions=[\"fp32\",\"int8\"]", "--set", "eval.samples=120",
                  "--set", "compress.finetune.epochs=1", *FAST, "-q")
     assert res.exit_code == 0, res.output
     return tmp / "dist"
@@ -140,12 +140,14 @@ def guest_logits(view: Path, cpu: str, artifact: Path, batch: Path, dest: Path) 
 @pytest.mark.slow
 @pytest.mark.parametrize("cpu", ["cortex-a72", "cortex-a76"])
 def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
-    """Same top-1 on every eval image and logits within 1e-4 of this machine's, per artifact."""
+    """Same top-1 on every eval image and logits within 1e-4 of this machine's, per artifact;
+    int8 TFLite (XNNPACK) logits bit for bit."""
     from exporter.sysroot import sysroot_for
 
     sr = sysroot_for("arm64")
     view = rq.ensure_view(sr.sysroot, sr.views, cpu)
-    names = ["model.fp32.onnx", *(["model.fp32.tflite"] if HAS_TFLITE else [])]
+    names = ["model.fp32.onnx", "model.int8.onnx",
+             *(["model.fp32.tflite", "model.int8.tflite"] if HAS_TFLITE else [])]
     for name in names:
         host = evaluate.logits_for(out_dir / name, out_dir / "eval_batch.npz")
         guest = guest_logits(view, cpu, out_dir / name, out_dir / "eval_batch.npz",
@@ -153,6 +155,8 @@ def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
         assert guest.shape == host.shape == (120, 10)
         assert (guest.argmax(1) == host.argmax(1)).all(), name
         assert np.abs(guest - host).max() <= 1e-4, name
+        if name == "model.int8.tflite":
+            assert np.array_equal(guest, host), name
 
 
 @pytest.mark.slow
