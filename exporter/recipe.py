@@ -22,7 +22,17 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 from exporter.errors import RecipeError
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+def _targets_dir() -> Path:
+    """The recipes: ``targets/`` beside the package in a source checkout (``make``'s editable
+    install), else where a wheel installs them (``share/edgepack/targets`` under the prefix)."""
+    source = Path(__file__).resolve().parent.parent / "targets"
+    if source.is_dir():
+        return source
+    return Path(sys.prefix) / "share" / "edgepack" / "targets"
+
+
+TARGETS_DIR = _targets_dir()
 
 
 def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None = None,

@@ -100,6 +100,43 @@ def test_targets_dir_is_the_repo_folder():
     assert TARGETS_DIR == ROOT / "targets"
 
 
+def test_wheel_ships_the_recipes(tmp_path):
+    """Installed from a wheel (no source tree beside the package), the recipes are found under
+    <prefix>/share/edgepack/targets, where the wheel's data files go."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    src = tmp_path / "src"  # a copy, so that the build leaves nothing in the checkout
+    for name in ("pyproject.toml", "README.md", "exporter", "runtime_check", "targets"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name,
+                            ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            src.mkdir(exist_ok=True)
+            shutil.copy(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path / "dist"), str(src)], check=True,
+                   capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("edgepack-*.whl")
+    site, prefix = tmp_path / "site", tmp_path / "prefix"
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            data = name.split(".data/data/", 1)
+            dest = prefix / data[1] if len(data) == 2 else site / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(z.read(name))
+    shipped = sorted(p.name for p in (prefix / "share" / "edgepack" / "targets").glob("*.toml"))
+    assert shipped == sorted(p.name for p in (ROOT / "targets").glob("*.toml"))
+    code = ("import sys; sys.prefix = sys.argv[1]; sys.path.insert(0, sys.argv[2]); "
+            "from exporter.recipe import TARGETS_DIR, load_recipe; "
+            "print(TARGETS_DIR); print(load_recipe('rpi5-qemu').device.cpu)")
+    out = subprocess.run([sys.executable, "-c", code, str(prefix), str(site)], check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out == [str(prefix / "share" / "edgepack" / "targets"), "cortex-a76"]
+
+
 def test_recipes_doc_is_current():
     doc = (ROOT / "docs" / "recipes.md").read_text()
     assert doc == recipes_markdown(), "docs/recipes.md is stale: run `make docs`"
