@@ -14,7 +14,7 @@ from runtime_check.compare import judge_artifact, parity, verdict
 SCHEMA_VERSION = 1
 
 _MEASURED = ("bytes", "gzip_bytes", "accuracy", "agreement", "max_abs_diff", "latency_ms",
-             "threads", "runtime", "runtime_version", "delegate", "peak_rss_mb", "input",
+             "threads", "runtime", "runtime_version", "delegate", "peak_rss_mb", "model_rss_mb", "input",
              "samples", "status", "reason", "instructions_per_inference", "emulated")
 
 
@@ -71,7 +71,8 @@ def print_table(report: dict, console: Console) -> None:
     emulated = any(a.get("emulated") for a in report["artifacts"])
     lat = "emu ms" if emulated else "ms"
     cols = ["artifact", "runtime", "bytes", "gzip", "acc %", "drop", "agree", "max|Δ|",
-            f"p50 {lat}", f"p90 {lat}", *(["Minsn/inf"] if counted else []), "RSS MB", "budgets"]
+            f"p50 {lat}", f"p90 {lat}", *(["Minsn/inf"] if counted else []), "RSS MB", "model MB",
+            "budgets"]
     for col in cols:
         table.add_column(col, justify="left" if col in ("artifact", "runtime", "budgets")
                          else "right")
@@ -88,7 +89,8 @@ def print_table(report: dict, console: Console) -> None:
             f"{a['max_abs_diff']:.2e}", f"{a['latency_ms']['p50']:.3f}",
             f"{a['latency_ms']['p90']:.3f}",
             *([_fmt(None if insn is None else insn / 1e6, ".3f")] if counted else []),
-            _fmt(a.get("peak_rss_mb"), ".0f"), "FAIL " + ", ".join(failed) if failed else "ok")
+            _fmt(a.get("peak_rss_mb"), ".0f"), _fmt(a.get("model_rss_mb"), ".1f"),
+            "FAIL " + ", ".join(failed) if failed else "ok")
     console.print(table)
     same_kind = [p for p in report.get("parity", [])
                  if p["a"].split(".")[1] == p["b"].split(".")[1]]  # model.<precision>.*

@@ -157,7 +157,7 @@ def artifacts_table(entries: Sequence[tuple[str | None, dict]]) -> str:
     headers = [*(["run: model @ target"] if comparing else []), "artifact", "format",
                "precision", "storage", "runtime", "bytes", "gzip bytes", "acc %", "drop pts",
                "agree", "p50 ms", "p90 ms", *(["M instr / image"] if counted else []),
-               "RSS MB", "budgets"]
+               "RSS MB", "model MB", "budgets"]
     first_num = headers.index("bytes")
     nums = range(first_num, len(headers) - 1)
     rows = []
@@ -206,6 +206,7 @@ def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell],
         *([cell(fmt(_mega(a.get("instructions_per_inference")), ",.3f"), num=True)]
           if counted else []),
         cell(fmt(a.get("peak_rss_mb"), ".0f"), num=True),
+        cell(fmt(a.get("model_rss_mb"), ".1f"), num=True),
         Cell(f"<span class=\"tag {cls}\">{esc(word)}</span>"),
     ]
     return cells, "bad" if cls == "bad" else ""

@@ -97,6 +97,18 @@ def _percentiles(samples_ms: list[float]) -> dict:
             "mean": float(arr.mean()), "runs": len(samples_ms)}
 
 
+def _resident_mb() -> float | None:
+    """This process's resident memory now (Linux; under QEMU, the emulator's)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 def gzip_size(path: Path) -> int:
     # mtime=0 keeps the figure independent of when it was measured.
     return len(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
@@ -131,6 +143,7 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         return {**result, "status": "error", "reason": f"{path} not found"}
     result["bytes"] = path.stat().st_size
     result["gzip_bytes"] = gzip_size(path)
+    before = _resident_mb()
     try:
         sess = open_session(path, threads, delegate)
     except RuntimeUnavailable as exc:
@@ -148,6 +161,12 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
                            "scale": sess.input.scale, "zero_point": sess.input.zero_point,
                            "raw_pixels": raw}
+        sess.run(x[:1])
+        after = _resident_mb()
+        if before is not None and after is not None:
+            # What the runtime, the model and one inference's buffers add, without the eval
+            # batch (which peak_rss_mb includes): the figure a device budget is about.
+            result["model_rss_mb"] = round(max(after - before, 0.0), 2)
         logits = _run_all(sess, x)
         if logits.shape != ref.shape:
             raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "

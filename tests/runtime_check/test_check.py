@@ -136,3 +136,25 @@ def test_parity_pairs_artifacts():
     assert rows == [{"a": "a.onnx", "b": "b.tflite", "agreement": 0.75},
                     {"a": "a.onnx", "b": "d.onnx", "agreement": 1.0},
                     {"a": "b.tflite", "b": "d.onnx", "agreement": 0.75}]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS is read from /proc")
+def test_model_rss_grows_with_the_model(tmp_path):
+    """model_rss_mb counts what the session and model add, not the eval batch."""
+    from runtime_check.evaluate import evaluate_isolated
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20, 3, 32, 32)).astype(np.float32)
+    out = {}
+    for name, hidden in (("small", 8), ("large", 2048)):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, hidden),
+                                    torch.nn.ReLU(), torch.nn.Linear(hidden, 4)).eval()
+        path = export_onnx(model, (3, 32, 32), tmp_path / f"{name}.onnx")
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        batch = {"inputs": x, "labels": ref.argmax(1), "reference_logits": ref}
+        out[name] = evaluate_isolated(path, batch, runs=3, warmup=1)
+    weights_mb = 3 * 32 * 32 * 2048 * 4 / 2**20  # 24 MB of float32 weights
+    assert 0 < out["small"]["model_rss_mb"] < 64  # the runtime session itself: ~12 MB for ORT
+    grown = out["large"]["model_rss_mb"] - out["small"]["model_rss_mb"]
+    assert 0.8 * weights_mb <= grown <= 3 * weights_mb, (out["small"], out["large"])
