@@ -126,7 +126,8 @@ class _ActivationFakeQuant:
 def _activation_points(model: nn.Module) -> list[nn.Module]:
     """Modules whose outputs the int8 model rounds: activations, and weighted layers that no
     activation follows (an activation after a conv is fused into it, so only its output is)."""
-    leaves = [m for _, m in _leaves(model)]
+    # Identity: what a folded BatchNorm left behind, between a conv and its activation.
+    leaves = [m for _, m in _leaves(model) if not isinstance(m, nn.Identity)]
     points = []
     for i, m in enumerate(leaves):
         nxt = leaves[i + 1] if i + 1 < len(leaves) else None

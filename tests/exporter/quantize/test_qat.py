@@ -124,3 +124,19 @@ def test_qat_weights_on_grid_zeros_kept_error_reduced(digits, tmp_path):
     # The quantizer reproduces QAT's weights exactly: only activation rounding is left.
     assert rounding_after < 1e-6, rounding_after
     assert err_after < err_before, (err_before, err_after)
+
+
+def test_activation_points_follow_the_int8_graph():
+    """A conv whose (BN-folded) output feeds an activation is rounded only after it; a conv
+    that feeds an Add (the projection of an inverted residual) is rounded itself."""
+    from exporter.quantize.qat import _activation_points
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(MobileNetV2Cifar()).eval()
+    fold_batchnorms(model, torch.randn(2, 3, 32, 32))
+    points = _activation_points(model)
+    block = model.features[4].block  # expand conv, ReLU6, depthwise, ReLU6, project conv
+    convs = [m for m in block if isinstance(m, nn.Conv2d)]
+    acts = [m for m in block if isinstance(m, nn.ReLU6)]
+    assert [c in points for c in convs] == [False, False, True]
+    assert all(a in points for a in acts)
