@@ -157,16 +157,22 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         raw = wants_raw_pixels(sess.input, batch)
         if raw and lay != "nhwc":
             raise ArtifactError("a raw-pixel uint8 input must be NHWC")
-        x = np.ascontiguousarray(batch["images"]) if raw else _prepare(inputs, lay, sess.input)
+
+        def prepared(n: int | None) -> np.ndarray:
+            if raw:
+                return np.ascontiguousarray(batch["images"][:n])
+            return _prepare(inputs[:n], lay, sess.input)
+
         result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
                            "scale": sess.input.scale, "zero_point": sess.input.zero_point,
                            "raw_pixels": raw}
-        sess.run(x[:1])
+        sess.run(prepared(1))
         after = _resident_mb()
         if before is not None and after is not None:
-            # What the runtime, the model and one inference's buffers add, without the eval
-            # batch (which peak_rss_mb includes): the figure a device budget is about.
+            # What the runtime, the model and one inference's buffers add, measured before the
+            # eval batch is prepared (peak_rss_mb includes it): what a device budget is about.
             result["model_rss_mb"] = round(max(after - before, 0.0), 2)
+        x = prepared(None)
         logits = _run_all(sess, x)
         if logits.shape != ref.shape:
             raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "

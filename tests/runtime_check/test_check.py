@@ -154,6 +154,15 @@ def test_model_rss_grows_with_the_model(tmp_path):
             ref = model(torch.from_numpy(x)).numpy()
         batch = {"inputs": x, "labels": ref.argmax(1), "reference_logits": ref}
         out[name] = evaluate_isolated(path, batch, runs=3, warmup=1)
+    # Nor with the eval batch: 4,000 images (47 MB as float32, prepared per artifact).
+    many = rng.standard_normal((4000, 3, 32, 32)).astype(np.float32)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8)).eval()
+    path = export_onnx(model, (3, 32, 32), tmp_path / "tiny.onnx")
+    with torch.no_grad():
+        ref = model(torch.from_numpy(many)).numpy()
+    big_batch = evaluate_isolated(path, {"inputs": many, "labels": ref.argmax(1),
+                                         "reference_logits": ref}, runs=3, warmup=1)
+    assert big_batch["model_rss_mb"] < 0.5 * many.nbytes / 2**20, big_batch["model_rss_mb"]
     weights_mb = 3 * 32 * 32 * 2048 * 4 / 2**20  # 24 MB of float32 weights
     assert 0 < out["small"]["model_rss_mb"] < 64  # the runtime session itself: ~12 MB for ORT
     grown = out["large"]["model_rss_mb"] - out["small"]["model_rss_mb"]
