@@ -139,31 +139,31 @@ def test_parity_pairs_artifacts():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS is read from /proc")
-def test_model_rss_grows_with_the_model(tmp_path):
-    """model_rss_mb counts what the session and model add, not the eval batch."""
+def test_model_rss_grows_with_the_model_not_the_batch(tmp_path):
+    """model_rss_mb counts what the session and model add, not the eval batch.
+
+    The runtime's own share varies with what the parent process has loaded (12-25 MB for ORT
+    here), so the sizes compared are far larger than that.
+    """
     from runtime_check.evaluate import evaluate_isolated
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((20, 3, 32, 32)).astype(np.float32)
-    out = {}
-    for name, hidden in (("small", 8), ("large", 2048)):
+
+    def measure(hidden: int, n: int) -> float:
+        x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, hidden),
                                     torch.nn.ReLU(), torch.nn.Linear(hidden, 4)).eval()
-        path = export_onnx(model, (3, 32, 32), tmp_path / f"{name}.onnx")
+        path = export_onnx(model, (3, 32, 32), tmp_path / f"m{hidden}_{n}.onnx")
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()
         batch = {"inputs": x, "labels": ref.argmax(1), "reference_logits": ref}
-        out[name] = evaluate_isolated(path, batch, runs=3, warmup=1)
-    # Nor with the eval batch: 4,000 images (47 MB as float32, prepared per artifact).
-    many = rng.standard_normal((4000, 3, 32, 32)).astype(np.float32)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 8)).eval()
-    path = export_onnx(model, (3, 32, 32), tmp_path / "tiny.onnx")
-    with torch.no_grad():
-        ref = model(torch.from_numpy(many)).numpy()
-    big_batch = evaluate_isolated(path, {"inputs": many, "labels": ref.argmax(1),
-                                         "reference_logits": ref}, runs=3, warmup=1)
-    assert big_batch["model_rss_mb"] < 0.5 * many.nbytes / 2**20, big_batch["model_rss_mb"]
-    weights_mb = 3 * 32 * 32 * 2048 * 4 / 2**20  # 24 MB of float32 weights
-    assert 0 < out["small"]["model_rss_mb"] < 64  # the runtime session itself: ~12 MB for ORT
-    grown = out["large"]["model_rss_mb"] - out["small"]["model_rss_mb"]
-    assert 0.8 * weights_mb <= grown <= 3 * weights_mb, (out["small"], out["large"])
+        res = evaluate_isolated(path, batch, runs=3, warmup=1)
+        assert res["status"] == "ok", res
+        return res["model_rss_mb"]
+
+    small, large = measure(8, 20), measure(8192, 20)
+    weights_mb = 3 * 32 * 32 * 8192 * 4 / 2**20  # 96 MB of float32 weights
+    assert 0 < small < 64
+    assert 0.8 * weights_mb <= large - small <= 3 * weights_mb, (small, large)
+    batch_mb = 20000 * 3 * 32 * 32 * 4 / 2**20  # 234 MB, prepared after the measurement
+    assert measure(8, 20000) < 0.25 * batch_mb
