@@ -45,26 +45,42 @@ FINETUNE = {"seed-cnn": 2, "mobilenetv2-cifar": 1}
 VARIANTS = {
     "seed-cnn": [
         # TFLite's sparse float FC kernel reads 1x4 blocks directly: a speed win at ~90 %.
-        ("FC 1x4 blocks 90 %", ("compress.prune.sparsity=0.9", "compress.prune.scope=layer",
-                                'compress.prune.exclude=["first_conv","last_fc","features.3"]',
-                                "compress.prune.block=[1,4]", "compress.finetune.epochs=3",
-                                "compress.finetune.augment=true", 'export.formats=["tflite"]',
-                                'export.precisions=["fp32"]', 'export.storage=["dense","sparse"]'),
-         ("model.fp32.tflite", "model.fp32.sparse.tflite")),
+        (
+            "FC 1x4 blocks 90 %",
+            (
+                "compress.prune.sparsity=0.9",
+                "compress.prune.scope=layer",
+                'compress.prune.exclude=["first_conv","last_fc","features.3"]',
+                "compress.prune.block=[1,4]",
+                "compress.finetune.epochs=3",
+                "compress.finetune.augment=true",
+                'export.formats=["tflite"]',
+                'export.precisions=["fp32"]',
+                'export.storage=["dense","sparse"]',
+            ),
+            ("model.fp32.tflite", "model.fp32.sparse.tflite"),
+        ),
     ],
     "mobilenetv2-cifar": [
         # Structured pruning: half the channels physically removed, a smaller dense network.
-        ("channels 50 %", ("compress.channels.ratio=0.5", "compress.prune.sparsity=0.0",
-                           "compress.finetune.epochs=1", 'export.formats=["tflite"]',
-                           'export.storage=["dense"]'),
-         ("model.fp32.tflite", "model.int8.tflite")),
+        (
+            "channels 50 %",
+            (
+                "compress.channels.ratio=0.5",
+                "compress.prune.sparsity=0.0",
+                "compress.finetune.epochs=1",
+                'export.formats=["tflite"]',
+                'export.storage=["dense"]',
+            ),
+            ("model.fp32.tflite", "model.int8.tflite"),
+        ),
     ],
 }
 
 
 class _Reader(CalibrationDataReader):
     def __init__(self, x: np.ndarray):
-        self._it = iter({"input": x[i:i + 1]} for i in range(len(x)))
+        self._it = iter({"input": x[i : i + 1]} for i in range(len(x)))
 
     def get_next(self):
         return next(self._it, None)
@@ -95,16 +111,31 @@ def _weights(name: str, cache: Path, data: str, holdout: float) -> Path:
 
         from exporter.cli import cli
 
-        args = ["train", "--model", name, "--data", data, "--epochs", str(EPOCHS[name]),
-                "--lr", "0.05", "--augment", "--holdout", str(holdout), "--out", str(path)]
+        args = [
+            "train",
+            "--model",
+            name,
+            "--data",
+            data,
+            "--epochs",
+            str(EPOCHS[name]),
+            "--lr",
+            "0.05",
+            "--augment",
+            "--holdout",
+            str(holdout),
+            "--out",
+            str(path),
+        ]
         res = CliRunner().invoke(cli, args, catch_exceptions=False)
         if res.exit_code:
             raise SystemExit(res.output)
     return path
 
 
-def _latency(candidates: dict, x: np.ndarray, layouts: dict, runs: int, block: int = 1,
-             warmup: int = 20) -> dict:
+def _latency(
+    candidates: dict, x: np.ndarray, layouts: dict, runs: int, block: int = 1, warmup: int = 20
+) -> dict:
     """Interleaved: each round runs every candidate ``block`` times, on the same images.
 
     With several threads, a runtime's idle workers spin for a while after each run and would
@@ -118,7 +149,7 @@ def _latency(candidates: dict, x: np.ndarray, layouts: dict, runs: int, block: i
         for k, sess in candidates.items():
             for b in range(block):
                 j = (r * block + b) % len(x)
-                one = feed[k][j:j + 1]
+                one = feed[k][j : j + 1]
                 t0 = time.perf_counter_ns()
                 sess.run(one)
                 if r >= 0 and b >= skip:
@@ -152,11 +183,19 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
     paths["ORT fp32"] = work / f"{name}.fp32.onnx"
     rows["ORT fp32"] = {"convert_s": time.perf_counter() - t}
 
-    for label, rr in (("ORT quantize_static defaults", False), ("ORT quantize_static reduce_range", True)):
+    for label, rr in (
+        ("ORT quantize_static defaults", False),
+        ("ORT quantize_static reduce_range", True),
+    ):
         t = time.perf_counter()
         out = work / f"{name}.ort_q{int(rr)}.onnx"
-        quantize_static(str(paths["ORT fp32"]), str(out), _Reader(calib),
-                        quant_format=QuantFormat.QDQ, reduce_range=rr)
+        quantize_static(
+            str(paths["ORT fp32"]),
+            str(out),
+            _Reader(calib),
+            quant_format=QuantFormat.QDQ,
+            reduce_range=rr,
+        )
         paths[label] = out
         rows[label] = {"convert_s": time.perf_counter() - t}
 
@@ -164,12 +203,13 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
     ft_epochs = FINETUNE.get(name, 2)
     t = time.perf_counter()
     pruned = copy.deepcopy(model)
-    targets = [(m, "weight") for m in pruned.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    torch_prune.global_unstructured(targets, torch_prune.L1Unstructured,
-                                             amount=0.75)
-    train(pruned, norm.apply(train_ds.images), train_ds.labels,
-          TrainConfig(epochs=ft_epochs, lr=0.01))
+    targets = [
+        (m, "weight") for m in pruned.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    torch_prune.global_unstructured(targets, torch_prune.L1Unstructured, amount=0.75)
+    train(
+        pruned, norm.apply(train_ds.images), train_ds.labels, TrainConfig(epochs=ft_epochs, lr=0.01)
+    )
     for m, n in targets:
         torch_prune.remove(m, n)
     export_onnx(pruned, (c, h, w), work / f"{name}.torchprune.onnx")
@@ -178,13 +218,18 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
 
     # Validation is the bench's own (below), so edgepack's is cut to one image.
     quick = ("eval.samples=1", "runtime.runs=1", "runtime.warmup=0")
-    runs_ = [("", (f"compress.finetune.epochs={ft_epochs}",), None),
-             *VARIANTS.get(name, [])]
+    runs_ = [("", (f"compress.finetune.epochs={ft_epochs}",), None), *VARIANTS.get(name, [])]
     for idx, (variant, overrides, keep) in enumerate(runs_):
         t = time.perf_counter()
         out_dir = work / (f"{name}.edgepack" if idx == 0 else f"{name}.edgepack.v{idx}")
-        result = exporter.run(name, out_dir, weights=str(weights), data=data, force=True,
-                              overrides=(*quick, *overrides))
+        result = exporter.run(
+            name,
+            out_dir,
+            weights=str(weights),
+            data=data,
+            force=True,
+            overrides=(*quick, *overrides),
+        )
         wall = time.perf_counter() - t
         comp = result.report.get("compression") or {}
         ref = result.report.get("reference") or {}
@@ -193,10 +238,16 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
                 continue
             label = f"edgepack {variant + ': ' if variant else ''}{art.path}"
             paths[label] = out_dir / art.path
-            rows[label] = {"convert_s": art.extra.get("conversion_s"), "edgepack_run_s": wall,
-                           "variant": variant, "overrides": list(overrides),
-                           "params": comp.get("params"), "macs": comp.get("macs"),
-                           "params_before": ref.get("params"), "macs_before": ref.get("macs")}
+            rows[label] = {
+                "convert_s": art.extra.get("conversion_s"),
+                "edgepack_run_s": wall,
+                "variant": variant,
+                "overrides": list(overrides),
+                "params": comp.get("params"),
+                "macs": comp.get("macs"),
+                "params_before": ref.get("params"),
+                "macs_before": ref.get("macs"),
+            }
 
     for label, path in paths.items():
         rows[label]["bytes"] = path.stat().st_size
@@ -217,8 +268,9 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
                 xx = x.transpose(0, 2, 3, 1).copy() if layouts[label] == "nhwc" else x
                 # Accuracy does not depend on the batch size: batch where the model allows.
                 step = 256 if getattr(sess, "batchable", False) else 1
-                logits = np.concatenate([sess.run(xx[i:i + step])
-                                         for i in range(0, len(xx), step)])
+                logits = np.concatenate(
+                    [sess.run(xx[i : i + step]) for i in range(0, len(xx), step)]
+                )
                 rows[label]["accuracy"] = accuracy(logits.reshape(len(xx), -1), y)
                 rows[label]["drop"] = ref_acc - rows[label]["accuracy"]
         block = 1 if threads == 1 else 25
@@ -232,27 +284,39 @@ def _fmt(v, spec):
 
 
 def write_markdown(rows: list[dict], path: Path, command: str, meta: dict) -> None:
-    lines = ["# Benchmarks", "", f"Measured with `{command}` on {meta['cpu']} "
-             f"({meta['cores']} cores), {meta['date']}. CIFAR-10 hold-out of "
-             f"{meta['eval']} images (seeded stratified 20 % split of the training file, never "
-             "trained on). Latency: batch 1, median (p50) and p90 of "
-             f"{meta['runs']} runs per candidate, interleaved in one loop so machine noise hits "
-             "all alike (1 thread: one run of each in turn; 2 threads: rounds of 25 runs each, the first 5 "
-             "untimed, so the spinning workers of the previous runtime have gone quiet). `convert s`: wall time of that candidate's conversion/quantization step "
-             "(edgepack: the TFLite writer for .tflite rows; the whole `edgepack run` is given "
-             "once per model below the table).", ""]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured with `{command}` on {meta['cpu']} "
+        f"({meta['cores']} cores), {meta['date']}. CIFAR-10 hold-out of "
+        f"{meta['eval']} images (seeded stratified 20 % split of the training file, never "
+        "trained on). Latency: batch 1, median (p50) and p90 of "
+        f"{meta['runs']} runs per candidate, interleaved in one loop so machine noise hits "
+        "all alike (1 thread: one run of each in turn; 2 threads: rounds of 25 runs each, the first 5 "
+        "untimed, so the spinning workers of the previous runtime have gone quiet). `convert s`: wall time of that candidate's conversion/quantization step "
+        "(edgepack: the TFLite writer for .tflite rows; the whole `edgepack run` is given "
+        "once per model below the table).",
+        "",
+    ]
     for model in sorted({r["model"] for r in rows}):
         sub = [r for r in rows if r["model"] == model]
-        lines += [f"## {model}", "", f"Trained {EPOCHS.get(model, '?')} epochs (`edgepack train "
-                  f"--augment`), hold-out accuracy of the dense model: "
-                  f"{sub[0]['accuracy']:.2f} %.", "", "| candidate | bytes | gzip bytes | top-1 % | drop | "
-                  "p50 1t ms | p90 1t ms | p50 2t ms | p90 2t ms | convert s |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            f"## {model}",
+            "",
+            f"Trained {EPOCHS.get(model, '?')} epochs (`edgepack train "
+            f"--augment`), hold-out accuracy of the dense model: "
+            f"{sub[0]['accuracy']:.2f} %.",
+            "",
+            "| candidate | bytes | gzip bytes | top-1 % | drop | "
+            "p50 1t ms | p90 1t ms | p50 2t ms | p90 2t ms | convert s |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
         for r in sub:
             lines.append(
                 f"| {r['candidate']} | {_fmt(r.get('bytes'), ',')} | {_fmt(r.get('gzip_bytes'), ',')} "
                 f"| {r['accuracy']:.2f} | {r['drop']:+.2f} | {r['p50_1t']:.3f} | {r['p90_1t']:.3f} "
-                f"| {r['p50_2t']:.3f} | {r['p90_2t']:.3f} | {_fmt(r.get('convert_s'), '.2f')} |")
+                f"| {r['p50_2t']:.3f} | {r['p90_2t']:.3f} | {_fmt(r.get('convert_s'), '.2f')} |"
+            )
         lines.append("")
         ft = FINETUNE.get(model, 2)
         seen = set()
@@ -260,17 +324,26 @@ def write_markdown(rows: list[dict], path: Path, command: str, meta: dict) -> No
             if "edgepack_run_s" not in r or r["variant"] in seen:
                 continue
             seen.add(r["variant"])
-            what = (f"x86_64 recipe: prune 75 % with {ft} fine-tune epoch{'s' * (ft > 1)}, "
-                    "export, quantize, sparse copy" if not r["variant"] else
-                    "`--set " + " --set ".join(r["overrides"]) + "`")
-            size = (f"; parameters {r['params_before']:,} → {r['params']:,}, MACs "
-                    f"{r['macs_before'] / 1e6:.1f} M → {r['macs'] / 1e6:.1f} M"
-                    if r.get("params") and r.get("params_before")
-                    and r["params"] != r["params_before"] else "")
-            lines.append(f"- `edgepack run` {r['variant'] or 'default'} ({what}) took "
-                         f"{r['edgepack_run_s']:.0f} s{size}.")
-        lines.append(f"- torch.nn.utils.prune and the default edgepack run fine-tune {ft} "
-                     f"epoch{'s' * (ft > 1)} after pruning.")
+            what = (
+                f"x86_64 recipe: prune 75 % with {ft} fine-tune epoch{'s' * (ft > 1)}, "
+                "export, quantize, sparse copy"
+                if not r["variant"]
+                else "`--set " + " --set ".join(r["overrides"]) + "`"
+            )
+            size = (
+                f"; parameters {r['params_before']:,} → {r['params']:,}, MACs "
+                f"{r['macs_before'] / 1e6:.1f} M → {r['macs'] / 1e6:.1f} M"
+                if r.get("params") and r.get("params_before") and r["params"] != r["params_before"]
+                else ""
+            )
+            lines.append(
+                f"- `edgepack run` {r['variant'] or 'default'} ({what}) took "
+                f"{r['edgepack_run_s']:.0f} s{size}."
+            )
+        lines.append(
+            f"- torch.nn.utils.prune and the default edgepack run fine-tune {ft} "
+            f"epoch{'s' * (ft > 1)} after pruning."
+        )
         lines.append("")
     path.write_text("\n".join(lines))
 
@@ -294,8 +367,13 @@ def main() -> None:
     from runtime_check.cpu import describe_cpu
 
     cpu = describe_cpu()
-    meta = {"cpu": cpu["model"], "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
-            "eval": args.eval, "runs": args.runs}
+    meta = {
+        "cpu": cpu["model"],
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "eval": args.eval,
+        "runs": args.runs,
+    }
     (ROOT / "bench" / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     write_markdown(rows, ROOT / "bench" / "RESULTS.md", "make bench", meta)
     print((ROOT / "bench" / "RESULTS.md").read_text())

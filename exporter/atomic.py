@@ -37,10 +37,10 @@ def _no_space(exc: BaseException, final: Path) -> OutputWriteError | None:
     An inner atomic write (a file inside an atomic directory) has already turned ENOSPC into
     OutputWriteError naming its temp path; the outermost output is what the user asked for.
     """
-    if isinstance(exc, OutputWriteError) or (isinstance(exc, OSError)
-                                             and exc.errno in _NO_SPACE):
-        return OutputWriteError(f"cannot write {final}: no space left on device "
-                                "(nothing was written)")
+    if isinstance(exc, OutputWriteError) or (isinstance(exc, OSError) and exc.errno in _NO_SPACE):
+        return OutputWriteError(
+            f"cannot write {final}: no space left on device (nothing was written)"
+        )
     return None
 
 

@@ -22,8 +22,9 @@ REPORT = "report.json"
 CHECKS_DIR = "checks"
 
 
-def _eval_subset(batch: Path, reference: dict, samples: int, seed: int,
-                 scratch: Path) -> tuple[Path, dict]:
+def _eval_subset(
+    batch: Path, reference: dict, samples: int, seed: int, scratch: Path
+) -> tuple[Path, dict]:
     """The target recipe's ``eval.samples`` images of the batch (emulated targets use fewer),
     with the reference accuracy recomputed on exactly those images so drops stay comparable."""
     with np.load(batch, allow_pickle=False) as z:
@@ -36,14 +37,25 @@ def _eval_subset(batch: Path, reference: dict, samples: int, seed: int,
     path = scratch / EVAL_BATCH
     np.savez(path, **subset)
     acc = float((subset["reference_logits"].argmax(1) == subset["labels"]).mean() * 100.0)
-    return path, {**reference, "accuracy": acc, "samples": samples,
-                  "note": f"{samples} of the {n} eval images (the target's eval.samples); "
-                          f"the original model's accuracy on all of them was "
-                          f"{reference['accuracy']:.2f} %"}
+    return path, {
+        **reference,
+        "accuracy": acc,
+        "samples": samples,
+        "note": f"{samples} of the {n} eval images (the target's eval.samples); "
+        f"the original model's accuracy on all of them was "
+        f"{reference['accuracy']:.2f} %",
+    }
 
 
-def check_dir(out_dir: Path, target: str, *, host: str | None = None,
-              overrides: tuple[str, ...] = (), force: bool = False, quiet: bool = False) -> dict:
+def check_dir(
+    out_dir: Path,
+    target: str,
+    *,
+    host: str | None = None,
+    overrides: tuple[str, ...] = (),
+    force: bool = False,
+    quiet: bool = False,
+) -> dict:
     """Validate the artifacts of ``out_dir`` on ``target``; write checks/<target>.json."""
     artifacts = load_manifest(out_dir)
     try:
@@ -56,15 +68,29 @@ def check_dir(out_dir: Path, target: str, *, host: str | None = None,
     dest = out_dir / CHECKS_DIR / f"{recipe.name}.json"
     runner = make_runner(recipe, host)
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as scratch:
-        batch, reference = _eval_subset(out_dir / EVAL_BATCH, original["reference"],
-                                        recipe.eval.samples, recipe.eval.seed, Path(scratch))
+        batch, reference = _eval_subset(
+            out_dir / EVAL_BATCH,
+            original["reference"],
+            recipe.eval.samples,
+            recipe.eval.seed,
+            Path(scratch),
+        )
         with make_progress(quiet) as progress:
             check = validate(out_dir, artifacts, recipe, progress, runner, batch)
     report = build_report(
-        target={"name": recipe.name, "source": recipe.source, "device": recipe.device.kind,
-                "description": recipe.description, "host": host or recipe.device.host},
-        model=original["model"], data=original["data"], recipe=recipe.to_dict(),
-        reference=reference, artifacts=artifacts, check=check,
+        target={
+            "name": recipe.name,
+            "source": recipe.source,
+            "device": recipe.device.kind,
+            "description": recipe.description,
+            "host": host or recipe.device.host,
+        },
+        model=original["model"],
+        data=original["data"],
+        recipe=recipe.to_dict(),
+        reference=reference,
+        artifacts=artifacts,
+        check=check,
         extra={"edgepack_version": __version__, "checked_dir": str(out_dir)},
     )
     with atomic_path(dest, force=force) as tmp:

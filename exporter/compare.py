@@ -56,15 +56,23 @@ def _read_report(path: Path) -> dict:
         raise InputFileError(f"{path}: not a report (not JSON: {exc})") from None
     if not isinstance(data, dict):
         raise InputFileError(f"{path}: not a report (not a JSON object)")
-    missing = [k for k in ("schema_version", "passed", "target", "model", "reference",
-                           "artifacts") if k not in data]
+    missing = [
+        k
+        for k in ("schema_version", "passed", "target", "model", "reference", "artifacts")
+        if k not in data
+    ]
     if missing:
         raise InputFileError(f"{path}: not an edgepack report (no {', '.join(missing)})")
     if data["schema_version"] != SCHEMA_VERSION:
-        raise InputFileError(f"{path}: report schema_version {data['schema_version']!r}; "
-                             f"this edgepack reads {SCHEMA_VERSION}")
-    if not isinstance(data["artifacts"], list) or not isinstance(data["target"], dict) \
-            or not isinstance(data["model"], dict):
+        raise InputFileError(
+            f"{path}: report schema_version {data['schema_version']!r}; "
+            f"this edgepack reads {SCHEMA_VERSION}"
+        )
+    if (
+        not isinstance(data["artifacts"], list)
+        or not isinstance(data["target"], dict)
+        or not isinstance(data["model"], dict)
+    ):
         raise InputFileError(f"{path}: not an edgepack report (malformed target/model/artifacts)")
     return data
 
@@ -113,16 +121,32 @@ def load_entries(inputs: Sequence[str | os.PathLike]) -> list[Entry]:
 
 # --- console ------------------------------------------------------------------------------
 
+
 def print_compare(entries: Sequence[Entry], console: Console) -> None:
     """One row per report x artifact, then each report's verdict."""
     table_ = Table(title=f"edgepack compare — {len(entries)} report(s)")
-    cols = ["run", "model", "target", "artifact", "bytes", "acc %", "drop", "p50 ms", "p90 ms",
-            "Minsn/inf", "verdict"]
+    cols = [
+        "run",
+        "model",
+        "target",
+        "artifact",
+        "bytes",
+        "acc %",
+        "drop",
+        "p50 ms",
+        "p90 ms",
+        "Minsn/inf",
+        "verdict",
+    ]
     for col in cols:
-        table_.add_column(col, justify="right" if col in ("bytes", "acc %", "drop", "p50 ms",
-                                                          "p90 ms", "Minsn/inf") else "left",
-                          # Numbers and names never wrap; the verdict and labels wrap to fit.
-                          no_wrap=col not in ("run", "model", "verdict"))
+        table_.add_column(
+            col,
+            justify="right"
+            if col in ("bytes", "acc %", "drop", "p50 ms", "p90 ms", "Minsn/inf")
+            else "left",
+            # Numbers and names never wrap; the verdict and labels wrap to fit.
+            no_wrap=col not in ("run", "model", "verdict"),
+        )
     emulated = False
     for e in entries:
         model = str(e.report["model"].get("spec", "?")).replace("\\", "/").rsplit("/", 1)[-1]
@@ -134,13 +158,18 @@ def print_compare(entries: Sequence[Entry], console: Console) -> None:
             emulated = emulated or bool(mark)
             insn = a.get("instructions_per_inference")
             cells = [
-                e.label, model, e.report["target"].get("name", "?"), a.get("path"),
-                fmt(a.get("bytes"), ","), fmt(a.get("accuracy"), ".2f"),
+                e.label,
+                model,
+                e.report["target"].get("name", "?"),
+                a.get("path"),
+                fmt(a.get("bytes"), ","),
+                fmt(a.get("accuracy"), ".2f"),
                 fmt(a.get("accuracy_drop"), "+.2f"),
                 fmt_ms(lat.get("p50")) + mark if lat else "–",
                 fmt_ms(lat.get("p90")) + mark if lat else "–",
                 fmt(None if insn is None else insn / 1e6, ".3f"),
-                word if a.get("status") == "ok" else f"{word}: {a.get('reason', '')}"]
+                word if a.get("status") == "ok" else f"{word}: {a.get('reason', '')}",
+            ]
             # Text, not markup: a path or reason with [brackets] must print as it is.
             table_.add_row(*(Text(str(c)) for c in cells))
     console.print(table_)
@@ -156,23 +185,30 @@ def print_compare(entries: Sequence[Entry], console: Console) -> None:
 
 # --- HTML ---------------------------------------------------------------------------------
 
+
 def render_compare_html(entries: Sequence[Entry]) -> str:
     """The comparison page, in the style of report.html; deterministic for the same inputs."""
     pairs = [(e.label, e.report) for e in entries]
     body = [
         f"<h1>Comparison of {len(entries)} report(s)</h1>",
-        "<p class=\"sub\">" + "<br>".join(f"<b>{esc(e.label)}</b>: {esc(e.source)}"
-                                          for e in entries) + "</p>",
-        "<h2>Verdicts</h2>", _verdicts(entries),
-        "<h2>Artifacts</h2>", artifacts_table(pairs),
-        "<h2>Accuracy against size and latency</h2>", scatter_section(pairs),
-        "<h2>Where each ran</h2>", _machines(entries),
+        '<p class="sub">'
+        + "<br>".join(f"<b>{esc(e.label)}</b>: {esc(e.source)}" for e in entries)
+        + "</p>",
+        "<h2>Verdicts</h2>",
+        _verdicts(entries),
+        "<h2>Artifacts</h2>",
+        artifacts_table(pairs),
+        "<h2>Accuracy against size and latency</h2>",
+        scatter_section(pairs),
+        "<h2>Where each ran</h2>",
+        _machines(entries),
     ]
     return page(f"edgepack compare — {len(entries)} report(s)", body)
 
 
-def write_compare_html(entries: Sequence[Entry], path: str | os.PathLike,
-                       force: bool = False) -> Path:
+def write_compare_html(
+    entries: Sequence[Entry], path: str | os.PathLike, force: bool = False
+) -> Path:
     return atomic_write_text(path, render_compare_html(entries), force=force)
 
 
@@ -184,15 +220,31 @@ def _verdicts(entries: Sequence[Entry]) -> str:
         budgets = (r.get("recipe") or {}).get("budgets") or {}
         words = "; ".join(budget_words(n, lim) for n, lim in budgets.items() if lim is not None)
         ref = (r.get("reference") or {}).get("accuracy")
-        tag = ("<span class=\"tag ok\">PASSED</span>" if passed
-               else "<span class=\"tag bad\">FAILED</span>")
-        rows.append(([cell(e.label), cell(r["model"].get("spec")),
-                      cell(r["target"].get("name")), cell(r["target"].get("device")),
-                      cell(fmt(ref, ".2f"), num=True), cell(words or "none set"), Cell(tag),
-                      cell("; ".join(r.get("reasons") or []) or "–")],
-                     "" if passed else "bad"))
-    return table(["run", "model", "target", "device", "reference acc %", "budgets", "verdict",
-                  "reasons"], rows, (4,))
+        tag = (
+            '<span class="tag ok">PASSED</span>'
+            if passed
+            else '<span class="tag bad">FAILED</span>'
+        )
+        rows.append(
+            (
+                [
+                    cell(e.label),
+                    cell(r["model"].get("spec")),
+                    cell(r["target"].get("name")),
+                    cell(r["target"].get("device")),
+                    cell(fmt(ref, ".2f"), num=True),
+                    cell(words or "none set"),
+                    Cell(tag),
+                    cell("; ".join(r.get("reasons") or []) or "–"),
+                ],
+                "" if passed else "bad",
+            )
+        )
+    return table(
+        ["run", "model", "target", "device", "reference acc %", "budgets", "verdict", "reasons"],
+        rows,
+        (4,),
+    )
 
 
 def _machines(entries: Sequence[Entry]) -> str:
@@ -201,11 +253,22 @@ def _machines(entries: Sequence[Entry]) -> str:
         cpu = e.report.get("cpu") or {}
         runtimes = e.report.get("runtimes") or {}
         reason = (e.report.get("quantization") or {}).get("reduce_range_reason")
-        rows.append(([cell(e.label), cell(cpu.get("machine", "–")),
-                      cell(cpu.get("emulated") or cpu.get("model") or "–"),
-                      cell(fmt(cpu.get("cores"), "d"), num=True),
-                      Cell(chips(cpu.get("features") or []) or "–"),
-                      Cell(chips(f"{k} {v}" for k, v in runtimes.items()) or "–"),
-                      cell(reason or "–")], ""))
-    return table(["run", "machine", "CPU", "cores", "ISA features", "runtimes",
-                  "int8 weight range"], rows, (3,))
+        rows.append(
+            (
+                [
+                    cell(e.label),
+                    cell(cpu.get("machine", "–")),
+                    cell(cpu.get("emulated") or cpu.get("model") or "–"),
+                    cell(fmt(cpu.get("cores"), "d"), num=True),
+                    Cell(chips(cpu.get("features") or []) or "–"),
+                    Cell(chips(f"{k} {v}" for k, v in runtimes.items()) or "–"),
+                    cell(reason or "–"),
+                ],
+                "",
+            )
+        )
+    return table(
+        ["run", "machine", "CPU", "cores", "ISA features", "runtimes", "int8 weight range"],
+        rows,
+        (3,),
+    )

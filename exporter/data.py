@@ -55,8 +55,11 @@ class Normalization:
 def channel_stats(ds: Dataset) -> Normalization:
     x = ds.images.reshape(-1, ds.images.shape[-1]).astype(np.float64) / 255.0
     std = np.maximum(x.std(axis=0), 1e-6)
-    return Normalization(tuple(float(v) for v in x.mean(axis=0)),
-                         tuple(float(v) for v in std), f"statistics of {ds.source}")
+    return Normalization(
+        tuple(float(v) for v in x.mean(axis=0)),
+        tuple(float(v) for v in std),
+        f"statistics of {ds.source}",
+    )
 
 
 def load_data(spec: str) -> Dataset:
@@ -81,11 +84,14 @@ def _validated(ds: Dataset) -> Dataset:
     if len(ds) == 0:
         raise DataError(f"{ds.source}: the data set is empty")
     if ds.images.ndim != 4 or ds.images.shape[-1] not in (1, 3, 4):
-        raise DataError(f"{ds.source}: images must be [N,H,W,C] with C in 1,3,4, "
-                        f"got shape {list(ds.images.shape)}")
+        raise DataError(
+            f"{ds.source}: images must be [N,H,W,C] with C in 1,3,4, "
+            f"got shape {list(ds.images.shape)}"
+        )
     if ds.labels.shape != (len(ds),):
-        raise DataError(f"{ds.source}: {len(ds)} images but labels of shape "
-                        f"{list(ds.labels.shape)}")
+        raise DataError(
+            f"{ds.source}: {len(ds)} images but labels of shape {list(ds.labels.shape)}"
+        )
     if ds.labels.min() < 0:
         raise DataError(f"{ds.source}: negative label {int(ds.labels.min())}")
     return ds
@@ -97,8 +103,9 @@ def _load_digits() -> Dataset:
     bunch = load_digits()
     # sklearn's digits are 8x8 values in 0..16; scale to the full uint8 range.
     images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return Dataset(images, bunch.target.astype(np.int64),
-                   tuple(str(c) for c in bunch.target_names), "digits")
+    return Dataset(
+        images, bunch.target.astype(np.int64), tuple(str(c) for c in bunch.target_names), "digits"
+    )
 
 
 def _load_npz(path: Path) -> Dataset:
@@ -125,11 +132,14 @@ def _load_npz(path: Path) -> Dataset:
         if not np.isfinite(images).all():
             raise DataError(f"{path}: images contain NaN or Inf")
         if images.min() < 0 or images.max() > 255:
-            raise DataError(f"{path}: images must be uint8 pixels 0..255 "
-                            f"(got {images.dtype} in [{images.min()}, {images.max()}])")
+            raise DataError(
+                f"{path}: images must be uint8 pixels 0..255 "
+                f"(got {images.dtype} in [{images.min()}, {images.max()}])"
+            )
         images = images.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer) and (
-            not np.isfinite(labels).all() or np.any(labels != np.round(labels))):
+        not np.isfinite(labels).all() or np.any(labels != np.round(labels))
+    ):
         raise DataError(f"{path}: labels must be integers")
     labels = labels.astype(np.int64).reshape(-1)
     if classes is None:
@@ -161,14 +171,20 @@ def _load_imagefolder(root: Path) -> Dataset:
             if size is None:
                 size = arr.shape[:2]
             elif arr.shape[:2] != size:
-                raise DataError(f"{file}: size {arr.shape[1]}x{arr.shape[0]} differs from "
-                                f"the first image's {size[1]}x{size[0]}")
+                raise DataError(
+                    f"{file}: size {arr.shape[1]}x{arr.shape[0]} differs from "
+                    f"the first image's {size[1]}x{size[0]}"
+                )
             images.append(arr if arr.ndim == 3 else arr[..., None])
             labels.append(label)
     if not images:
         raise DataError(f"{root}: no images found")
-    return Dataset(np.stack(images).astype(np.uint8), np.asarray(labels, np.int64),
-                   tuple(classes), f"imagefolder:{root}")
+    return Dataset(
+        np.stack(images).astype(np.uint8),
+        np.asarray(labels, np.int64),
+        tuple(classes),
+        f"imagefolder:{root}",
+    )
 
 
 def _load_cifar10_binary(root: Path) -> Dataset:
@@ -182,16 +198,22 @@ def _load_cifar10_binary(root: Path) -> Dataset:
     for f in files:
         raw = np.fromfile(f, dtype=np.uint8)
         if raw.size == 0 or raw.size % CIFAR_RECORD:
-            raise DataError(f"{f}: {raw.size} bytes is not a whole number of "
-                            f"{CIFAR_RECORD}-byte CIFAR-10 records")
+            raise DataError(
+                f"{f}: {raw.size} bytes is not a whole number of "
+                f"{CIFAR_RECORD}-byte CIFAR-10 records"
+            )
         chunks.append(raw.reshape(-1, CIFAR_RECORD))
     rec = np.concatenate(chunks)
     images = rec[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     meta = root / "batches.meta.txt"
-    classes = (tuple(line.strip() for line in meta.read_text().splitlines() if line.strip())
-               if meta.is_file() else tuple(str(i) for i in range(10)))
-    return Dataset(np.ascontiguousarray(images), rec[:, 0].astype(np.int64), classes,
-                   f"cifar10:{root}")
+    classes = (
+        tuple(line.strip() for line in meta.read_text().splitlines() if line.strip())
+        if meta.is_file()
+        else tuple(str(i) for i in range(10))
+    )
+    return Dataset(
+        np.ascontiguousarray(images), rec[:, 0].astype(np.int64), classes, f"cifar10:{root}"
+    )
 
 
 def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
@@ -210,8 +232,10 @@ def stratified_split(ds: Dataset, fraction: float, seed: int) -> tuple[Dataset, 
     train_idx = np.flatnonzero(mask)
     if len(train_idx) == 0 or len(hold_idx) == 0:
         raise DataError(f"{ds.source}: {len(ds)} images are too few to hold out {fraction:.0%}")
-    return (ds.subset(train_idx, f"{ds.source} (train split)"),
-            ds.subset(hold_idx, f"{ds.source} (hold-out {fraction:.0%}, seed {seed})"))
+    return (
+        ds.subset(train_idx, f"{ds.source} (train split)"),
+        ds.subset(hold_idx, f"{ds.source} (hold-out {fraction:.0%}, seed {seed})"),
+    )
 
 
 def check_fits(ds: Dataset, shape: tuple[int, int, int], num_classes: int) -> None:
@@ -219,8 +243,9 @@ def check_fits(ds: Dataset, shape: tuple[int, int, int], num_classes: int) -> No
     if ds.image_shape != tuple(shape):
         c, h, w = shape
         dc, dh, dw = ds.image_shape
-        raise DataError(f"{ds.source}: images are {dc}x{dh}x{dw} (CxHxW) but the model "
-                        f"expects {c}x{h}x{w}")
+        raise DataError(
+            f"{ds.source}: images are {dc}x{dh}x{dw} (CxHxW) but the model expects {c}x{h}x{w}"
+        )
     top = int(ds.labels.max())
     if top >= num_classes:
         raise DataError(f"{ds.source}: label {top} is outside the model's {num_classes} classes")

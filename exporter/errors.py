@@ -58,9 +58,7 @@ class UnsupportedOpsError(ConversionError):
             counts[op] = counts.get(op, 0) + 1
         summary = ", ".join(f"{op} x{n}" for op, n in sorted(counts.items()))
         nodes = "; ".join(f"{name} ({op}: {why})" for name, op, why in offenders)
-        Exception.__init__(
-            self, f"{len(offenders)} unsupported node(s) [{summary}]: {nodes}"
-        )
+        Exception.__init__(self, f"{len(offenders)} unsupported node(s) [{summary}]: {nodes}")
         self.node = None
         self.op_type = None
 

@@ -40,8 +40,14 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
-def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: str | Path, *,
-                opset: int = 18, force: bool = True) -> Path:
+def export_onnx(
+    module: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: str | Path,
+    *,
+    opset: int = 18,
+    force: bool = True,
+) -> Path:
     """Export ``module`` (eval mode) to a single-file ONNX model with a dynamic batch axis.
 
     The dynamo exporter's optimiser folds BatchNorm into the preceding conv and drops Dropout;
@@ -52,9 +58,15 @@ def export_onnx(module: nn.Module, input_shape: tuple[int, int, int], path: str 
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                module, (example,), dynamo=True, external_data=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+                module,
+                (example,),
+                dynamo=True,
+                external_data=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                verbose=False,
             )
             model = program.model_proto
     except Exception as exc:  # the exporter raises many types; the user needs one line
@@ -82,8 +94,9 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         if init.data_location == onnx.TensorProto.EXTERNAL:
             loc = {e.key: e.value for e in init.external_data}.get("location", "?")
             if not (path.parent / loc).is_file():
-                raise InputFileError(f"{path}: external data file '{loc}' for tensor "
-                                     f"'{init.name}' is missing")
+                raise InputFileError(
+                    f"{path}: external data file '{loc}' for tensor '{init.name}' is missing"
+                )
     if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
         onnx.load_external_data_for_model(model, str(path.parent))
     try:
@@ -122,25 +135,45 @@ def describe_onnx(path: str | Path) -> dict:
         nz = int(np.count_nonzero(arr == 0))
         params += arr.size
         zeros += nz
-        tensors.append({"name": init.name, "shape": list(arr.shape), "dtype": str(arr.dtype),
-                        "bytes": int(arr.nbytes), "sparsity": nz / max(1, arr.size)})
+        tensors.append(
+            {
+                "name": init.name,
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "bytes": int(arr.nbytes),
+                "sparsity": nz / max(1, arr.size),
+            }
+        )
     for sp in model.graph.sparse_initializer:
         dense = numpy_helper.to_array(sp.values)
         size = int(np.prod(list(sp.dims)))
         params += size
         zeros += size - dense.size
-        tensors.append({"name": sp.values.name, "shape": list(sp.dims), "dtype": str(dense.dtype),
-                        "bytes": int(dense.nbytes), "sparsity": 1 - dense.size / max(1, size),
-                        "storage": "sparse"})
+        tensors.append(
+            {
+                "name": sp.values.name,
+                "shape": list(sp.dims),
+                "dtype": str(dense.dtype),
+                "bytes": int(dense.nbytes),
+                "sparsity": 1 - dense.size / max(1, size),
+                "storage": "sparse",
+            }
+        )
     shape, name = onnx_input_shape(model)
     return {
-        "path": str(path), "format": "onnx", "bytes": path.stat().st_size,
-        "opset": max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                     default=None),
+        "path": str(path),
+        "format": "onnx",
+        "bytes": path.stat().st_size,
+        "opset": max(
+            (o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None
+        ),
         "input": {"name": name, "shape": shape},
         "outputs": [o.name for o in model.graph.output],
-        "ops": ops, "params": params, "zeros": zeros,
-        "sparsity": zeros / max(1, params), "tensors": tensors,
+        "ops": ops,
+        "params": params,
+        "zeros": zeros,
+        "sparsity": zeros / max(1, params),
+        "tensors": tensors,
     }
 
 
@@ -160,7 +193,7 @@ def run_batched(sess, x: np.ndarray, chunk: int = 256) -> list[np.ndarray]:
     """All outputs of ``sess`` on ``x``, in chunks; one image at a time for a fixed batch of 1."""
     inp = sess.get_inputs()[0]
     step = 1 if inp.shape and inp.shape[0] == 1 else chunk
-    parts = [sess.run(None, {inp.name: x[i:i + step]}) for i in range(0, len(x), step)]
+    parts = [sess.run(None, {inp.name: x[i : i + step]}) for i in range(0, len(x), step)]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 

@@ -31,8 +31,12 @@ def split_data(data_spec: str, eval_spec: str | None, ev: EvalSpec) -> tuple[Dat
         splits = Splits(full, evald, f"--eval-data {eval_spec}")
     else:
         train, hold = stratified_split(full, ev.holdout, ev.seed)
-        splits = Splits(train, hold, f"no --eval-data: stratified hold-out of {ev.holdout:.0%} "
-                                     f"of {data_spec} (seed {ev.seed}); trained on the rest")
+        splits = Splits(
+            train,
+            hold,
+            f"no --eval-data: stratified hold-out of {ev.holdout:.0%} "
+            f"of {data_spec} (seed {ev.seed}); trained on the rest",
+        )
     if len(splits.eval) > ev.samples:
         rng = np.random.default_rng(ev.seed)
         idx = np.sort(rng.choice(len(splits.eval), ev.samples, replace=False))
@@ -45,8 +49,12 @@ def sidecar_path(weights: str | Path) -> Path:
     return Path(str(weights) + ".json")
 
 
-def resolve_normalization(full: Dataset, mean: tuple[float, ...] | None,
-                          std: tuple[float, ...] | None, weights: str | None) -> Normalization:
+def resolve_normalization(
+    full: Dataset,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    weights: str | None,
+) -> Normalization:
     """--mean/--std, else what `edgepack train` recorded beside the weights, else data stats."""
     channels = full.image_shape[0]
     if mean or std:
@@ -54,13 +62,19 @@ def resolve_normalization(full: Dataset, mean: tuple[float, ...] | None,
             raise DataError(f"--mean and --std need 1 or {channels} values each")
         if any(s <= 0 for s in std):
             raise DataError("--std values must be > 0")
-        return Normalization(tuple(mean) * (channels // len(mean)),
-                             tuple(std) * (channels // len(std)), "user (--mean/--std)")
+        return Normalization(
+            tuple(mean) * (channels // len(mean)),
+            tuple(std) * (channels // len(std)),
+            "user (--mean/--std)",
+        )
     if weights and sidecar_path(weights).is_file():
         try:
             meta = json.loads(sidecar_path(weights).read_text())
-            return Normalization(tuple(meta["mean"]), tuple(meta["std"]),
-                                 f"recorded at training in {sidecar_path(weights).name}")
+            return Normalization(
+                tuple(meta["mean"]),
+                tuple(meta["std"]),
+                f"recorded at training in {sidecar_path(weights).name}",
+            )
         except (ValueError, KeyError, TypeError):
             raise DataError(f"{sidecar_path(weights)}: unreadable training record") from None
     return channel_stats(full)
@@ -85,13 +99,16 @@ def check_model_output(module: nn.Module, ds: Dataset, norm: Normalization) -> i
     except Exception as exc:  # the user's model rejected the input
         c, h, w = ds.image_shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DataError(f"the model does not accept {c}x{h}x{w} images from {ds.source}: "
-                        f"{first}") from None
+        raise DataError(
+            f"the model does not accept {c}x{h}x{w} images from {ds.source}: {first}"
+        ) from None
     if isinstance(out, (tuple, list)):
-        raise ModelLoadError(f"the model returns a {type(out).__name__}; expected one tensor "
-                             "of class logits [N, classes]")
+        raise ModelLoadError(
+            f"the model returns a {type(out).__name__}; expected one tensor "
+            "of class logits [N, classes]"
+        )
     if out.ndim != 2 or out.shape[0] != 1:
-        raise ModelLoadError(f"the model's output has shape {list(out.shape)}; expected class "
-                             "logits [N, classes]")
+        raise ModelLoadError(
+            f"the model's output has shape {list(out.shape)}; expected class logits [N, classes]"
+        )
     return int(out.shape[1])
-

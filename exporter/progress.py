@@ -13,11 +13,18 @@ __all__ = ["Progress", "make_progress", "stderr_console"]
 def stderr_console(quiet: bool = False) -> Console:
     tty = sys.stderr.isatty()
     # Off a TTY (CI logs, pipes) rich would squeeze tables into 80 columns.
-    return Console(stderr=True, quiet=quiet, no_color=not tty, highlight=False,
-                   width=None if tty else 160)
+    return Console(
+        stderr=True, quiet=quiet, no_color=not tty, highlight=False, width=None if tty else 160
+    )
 
 
 def make_progress(quiet: bool = False) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=stderr_console(quiet), transient=False,
-                    disable=quiet)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr_console(quiet),
+        transient=False,
+        disable=quiet,
+    )

@@ -35,11 +35,25 @@ def _targets_dir() -> Path:
 TARGETS_DIR = _targets_dir()
 
 
-def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None = None,
-          hi: float | None = None, lo_open: bool = False, hi_open: bool = False, doc: str = ""):
+def _spec(
+    default: Any = None,
+    *,
+    choices: tuple | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    doc: str = "",
+):
     """A recipe field: its default, allowed values and one line of documentation."""
-    meta = {"choices": choices, "lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open,
-            "doc": doc}
+    meta = {
+        "choices": choices,
+        "lo": lo,
+        "hi": hi,
+        "lo_open": lo_open,
+        "hi_open": hi_open,
+        "doc": doc,
+    }
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -47,106 +61,175 @@ def _spec(default: Any = None, *, choices: tuple | None = None, lo: float | None
 
 @dataclass(frozen=True)
 class DeviceSpec:
-    kind: str = _spec("local", choices=("local", "qemu", "ssh"),
-                      doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH")
-    cpu: str | None = _spec(None, doc="QEMU CPU model: cortex-a53, cortex-a72, cortex-a76 or "
-                                      "neoverse-n1 (never max); informational for local/ssh")
+    kind: str = _spec(
+        "local",
+        choices=("local", "qemu", "ssh"),
+        doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH",
+    )
+    cpu: str | None = _spec(
+        None,
+        doc="QEMU CPU model: cortex-a53, cortex-a72, cortex-a76 or "
+        "neoverse-n1 (never max); informational for local/ssh",
+    )
     host: str | None = _spec(None, doc="user@host[:port] for ssh targets (--host overrides it)")
-    python: str = _spec("python3", doc="python interpreter on an ssh device (qemu targets use "
-                                       "the sysroot's python3.11)")
-    ssh_options: list[str] = _spec([], doc='extra ssh arguments, e.g. ["-F", "my_ssh_config"]; '
-                                           "$EDGEPACK_SSH_OPTIONS (shell words) is appended")
-    connect_timeout_s: float = _spec(10.0, lo=0.0, lo_open=True, hi=600.0,
-                                     doc="ssh ConnectTimeout")
-    timeout_s: float = _spec(1800.0, lo=0.0, lo_open=True,
-                             doc="wall-clock limit of one runtime_check run on the device")
+    python: str = _spec(
+        "python3",
+        doc="python interpreter on an ssh device (qemu targets use the sysroot's python3.11)",
+    )
+    ssh_options: list[str] = _spec(
+        [],
+        doc='extra ssh arguments, e.g. ["-F", "my_ssh_config"]; '
+        "$EDGEPACK_SSH_OPTIONS (shell words) is appended",
+    )
+    connect_timeout_s: float = _spec(10.0, lo=0.0, lo_open=True, hi=600.0, doc="ssh ConnectTimeout")
+    timeout_s: float = _spec(
+        1800.0, lo=0.0, lo_open=True, doc="wall-clock limit of one runtime_check run on the device"
+    )
 
 
 @dataclass(frozen=True)
 class RuntimeSpec:
-    runtimes: list[str] = _spec(["onnxruntime", "litert"], choices=("onnxruntime", "litert"),
-                                doc="runtimes used to validate artifacts")
+    runtimes: list[str] = _spec(
+        ["onnxruntime", "litert"],
+        choices=("onnxruntime", "litert"),
+        doc="runtimes used to validate artifacts",
+    )
     threads: int = _spec(1, lo=1, hi=256, doc="intra-op threads for every runtime")
     warmup: int = _spec(10, lo=0, hi=100000, doc="untimed runs before latency is measured")
     runs: int = _spec(100, lo=1, hi=1000000, doc="timed batch-1 runs for p50/p90/mean")
-    delegate: str = _spec("xnnpack", choices=("xnnpack", "none"),
-                          doc="LiteRT: default XNNPACK delegate, or builtin kernels only")
+    delegate: str = _spec(
+        "xnnpack",
+        choices=("xnnpack", "none"),
+        doc="LiteRT: default XNNPACK delegate, or builtin kernels only",
+    )
 
 
 @dataclass(frozen=True)
 class ExportSpec:
-    formats: list[str] = _spec(["onnx", "tflite"], choices=("onnx", "tflite"),
-                               doc="artifact formats to write")
+    formats: list[str] = _spec(
+        ["onnx", "tflite"], choices=("onnx", "tflite"), doc="artifact formats to write"
+    )
     opset: int = _spec(18, lo=17, hi=23, doc="ONNX opset")
-    input_layout: str = _spec("nhwc", choices=("nhwc", "nchw"),
-                              doc="TFLite input layout (nchw adds one boundary TRANSPOSE)")
-    precisions: list[str] = _spec(["fp32"], choices=("fp32", "int8"),
-                                  doc="precisions to write for every format")
-    storage: list[str] = _spec(["dense"], choices=("dense", "sparse"),
-                               doc="sparse: also write a copy with pruned weights stored "
-                                   "sparse, for each tensor only where that is smaller")
+    input_layout: str = _spec(
+        "nhwc",
+        choices=("nhwc", "nchw"),
+        doc="TFLite input layout (nchw adds one boundary TRANSPOSE)",
+    )
+    precisions: list[str] = _spec(
+        ["fp32"], choices=("fp32", "int8"), doc="precisions to write for every format"
+    )
+    storage: list[str] = _spec(
+        ["dense"],
+        choices=("dense", "sparse"),
+        doc="sparse: also write a copy with pruned weights stored "
+        "sparse, for each tensor only where that is smaller",
+    )
 
 
 @dataclass(frozen=True)
 class QuantizeSpec:
-    calibration_samples: int = _spec(256, lo=1, hi=100000,
-                                     doc="training images used to calibrate activation ranges")
-    method: str = _spec("minmax", choices=("minmax", "entropy", "percentile"),
-                        doc="calibration method tried first")
-    fallback_methods: list[str] = _spec(["percentile", "entropy"],
-                                        choices=("minmax", "entropy", "percentile"),
-                                        doc="tried in order when int8 misses max_accuracy_drop")
-    max_drop: float = _spec(0.3, lo=0.0,
-                            doc="points int8 may lose against the fp32 artifact (on tuning "
-                                "images) before fallbacks are tried")
-    max_float_layers: int = _spec(2, lo=0, hi=1000,
-                                  doc="most sensitive layers that may be left in float to meet "
-                                      "the budget")
-    tuning_samples: int = _spec(1000, lo=1,
-                                doc="training images (not the eval set) on which int8 variants "
-                                    "are compared while searching")
-    reduce_range: str = _spec("auto", choices=("auto", "on", "off"),
-                              doc="7-bit weights for the ONNX artifact; auto = on for x86 CPUs "
-                                  "without VNNI, whose int8 kernels saturate")
+    calibration_samples: int = _spec(
+        256, lo=1, hi=100000, doc="training images used to calibrate activation ranges"
+    )
+    method: str = _spec(
+        "minmax", choices=("minmax", "entropy", "percentile"), doc="calibration method tried first"
+    )
+    fallback_methods: list[str] = _spec(
+        ["percentile", "entropy"],
+        choices=("minmax", "entropy", "percentile"),
+        doc="tried in order when int8 misses max_accuracy_drop",
+    )
+    max_drop: float = _spec(
+        0.3,
+        lo=0.0,
+        doc="points int8 may lose against the fp32 artifact (on tuning "
+        "images) before fallbacks are tried",
+    )
+    max_float_layers: int = _spec(
+        2, lo=0, hi=1000, doc="most sensitive layers that may be left in float to meet the budget"
+    )
+    tuning_samples: int = _spec(
+        1000,
+        lo=1,
+        doc="training images (not the eval set) on which int8 variants "
+        "are compared while searching",
+    )
+    reduce_range: str = _spec(
+        "auto",
+        choices=("auto", "on", "off"),
+        doc="7-bit weights for the ONNX artifact; auto = on for x86 CPUs "
+        "without VNNI, whose int8 kernels saturate",
+    )
     per_channel: bool = _spec(True, doc="per-output-channel weight scales")
-    qat_epochs: int = _spec(0, lo=0, hi=1000,
-                            doc="quantization-aware fine-tuning epochs, tried when int8 still "
-                                "misses max_drop after the calibration methods and float "
-                                "layers (needs the torch model and training data)")
+    qat_epochs: int = _spec(
+        0,
+        lo=0,
+        hi=1000,
+        doc="quantization-aware fine-tuning epochs, tried when int8 still "
+        "misses max_drop after the calibration methods and float "
+        "layers (needs the torch model and training data)",
+    )
     qat_lr: float = _spec(0.001, lo=0.0, lo_open=True, doc="SGD learning rate of QAT")
-    tflite_io: str = _spec("float32", choices=("float32", "int8", "uint8"),
-                           doc="int8 TFLite model input/output: float32 (quantize inside), "
-                               "int8, or uint8 raw camera pixels (normalization folded in)")
+    tflite_io: str = _spec(
+        "float32",
+        choices=("float32", "int8", "uint8"),
+        doc="int8 TFLite model input/output: float32 (quantize inside), "
+        "int8, or uint8 raw camera pixels (normalization folded in)",
+    )
 
 
 @dataclass(frozen=True)
 class PruneSpec:
-    sparsity: float | None = _spec(None, lo=0.0, hi=1.0, hi_open=True,
-                                   doc="fraction of prunable weights set to zero (by |w|)")
+    sparsity: float | None = _spec(
+        None, lo=0.0, hi=1.0, hi_open=True, doc="fraction of prunable weights set to zero (by |w|)"
+    )
     threshold: float | None = _spec(None, lo=0.0, doc="zero every weight with |w| below this")
-    scope: str = _spec("global", choices=("global", "layer"),
-                       doc="rank |w| across all prunable layers, or within each layer")
-    exclude: list[str] = _spec(["first_conv", "last_fc"],
-                               doc="layers left dense: module names or first_conv / last_fc")
-    schedule: str = _spec("gradual", choices=("gradual", "oneshot"),
-                          doc="gradual: Zhu & Gupta cubic ramp during fine-tuning")
-    block: list[int] = _spec([1, 1], lo=1, hi=64,
-                             doc="[rows, cols]: prune fully-connected weights in whole blocks "
-                                 "(in the TFLite weight layout); [1, 1] is unstructured. "
-                                 "TFLite's sparse FC kernels use [1, 4] (float32) and [1, 16] "
-                                 "(int8) blocks")
+    scope: str = _spec(
+        "global",
+        choices=("global", "layer"),
+        doc="rank |w| across all prunable layers, or within each layer",
+    )
+    exclude: list[str] = _spec(
+        ["first_conv", "last_fc"], doc="layers left dense: module names or first_conv / last_fc"
+    )
+    schedule: str = _spec(
+        "gradual",
+        choices=("gradual", "oneshot"),
+        doc="gradual: Zhu & Gupta cubic ramp during fine-tuning",
+    )
+    block: list[int] = _spec(
+        [1, 1],
+        lo=1,
+        hi=64,
+        doc="[rows, cols]: prune fully-connected weights in whole blocks "
+        "(in the TFLite weight layout); [1, 1] is unstructured. "
+        "TFLite's sparse FC kernels use [1, 4] (float32) and [1, 16] "
+        "(int8) blocks",
+    )
 
 
 @dataclass(frozen=True)
 class ChannelSpec:
-    ratio: float | None = _spec(None, lo=0.0, hi=1.0, hi_open=True,
-                                doc="fraction of channels physically removed (structured pruning)")
-    scope: str = _spec("global", choices=("global", "layer"),
-                       doc="rank channel groups across the network, or the same ratio per layer")
-    importance: str = _spec("l1", choices=("l1", "l2", "bn"),
-                            doc="channel importance: weight L1/L2 norm, or BatchNorm scale")
-    round_to: int = _spec(8, lo=1, hi=256,
-                          doc="keep channel counts multiples of this (SIMD-friendly)")
+    ratio: float | None = _spec(
+        None,
+        lo=0.0,
+        hi=1.0,
+        hi_open=True,
+        doc="fraction of channels physically removed (structured pruning)",
+    )
+    scope: str = _spec(
+        "global",
+        choices=("global", "layer"),
+        doc="rank channel groups across the network, or the same ratio per layer",
+    )
+    importance: str = _spec(
+        "l1",
+        choices=("l1", "l2", "bn"),
+        doc="channel importance: weight L1/L2 norm, or BatchNorm scale",
+    )
+    round_to: int = _spec(
+        8, lo=1, hi=256, doc="keep channel counts multiples of this (SIMD-friendly)"
+    )
 
 
 @dataclass(frozen=True)
@@ -155,16 +238,19 @@ class FinetuneSpec:
     lr: float = _spec(0.01, lo=0.0, lo_open=True, doc="SGD learning rate")
     batch_size: int = _spec(64, lo=1, hi=65536, doc="training batch size")
     seed: int = _spec(0, lo=0, doc="seed for shuffling and initialisation")
-    augment: bool = _spec(False, doc="random crop + horizontal flip while fine-tuning (natural "
-                                     "images; keep off for digits or text)")
+    augment: bool = _spec(
+        False,
+        doc="random crop + horizontal flip while fine-tuning (natural "
+        "images; keep off for digits or text)",
+    )
 
 
 @dataclass(frozen=True)
 class RoundSpec:
-    step: float | None = _spec(None, lo=0.0, lo_open=True,
-                               doc="grid step alpha: w <- round(w / alpha) * alpha")
-    bits: int | None = _spec(None, lo=2, hi=16,
-                             doc="per-layer alpha = max|w| / (2^(bits-1) - 1)")
+    step: float | None = _spec(
+        None, lo=0.0, lo_open=True, doc="grid step alpha: w <- round(w / alpha) * alpha"
+    )
+    bits: int | None = _spec(None, lo=2, hi=16, doc="per-layer alpha = max|w| / (2^(bits-1) - 1)")
 
 
 @dataclass(frozen=True)
@@ -178,18 +264,24 @@ class CompressSpec:
 @dataclass(frozen=True)
 class EvalSpec:
     samples: int = _spec(2000, lo=1, doc="at most this many eval images are validated")
-    holdout: float = _spec(0.2, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
-                           doc="fraction of --data held out when --eval-data is not given")
+    holdout: float = _spec(
+        0.2,
+        lo=0.0,
+        hi=1.0,
+        lo_open=True,
+        hi_open=True,
+        doc="fraction of --data held out when --eval-data is not given",
+    )
     seed: int = _spec(0, lo=0, doc="seed of the stratified hold-out split")
 
 
 @dataclass(frozen=True)
 class BudgetSpec:
     max_accuracy_drop: float = _spec(1.0, lo=0.0, doc="points of top-1 below the original model")
-    min_agreement: float | None = _spec(None, lo=0.0, hi=1.0,
-                                        doc="fraction of top-1 equal to the original model")
-    max_latency_p90_ms: float | None = _spec(None, lo=0.0, lo_open=True,
-                                             doc="p90 batch-1 latency")
+    min_agreement: float | None = _spec(
+        None, lo=0.0, hi=1.0, doc="fraction of top-1 equal to the original model"
+    )
+    max_latency_p90_ms: float | None = _spec(None, lo=0.0, lo_open=True, doc="p90 batch-1 latency")
     max_bytes: int | None = _spec(None, lo=1, doc="artifact file size")
 
 
@@ -326,8 +418,9 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict:
     parent_path = Path(parent)
     if not parent_path.is_absolute() and parent.endswith(".toml"):
         parent_path = path.parent / parent
-    base = _load_raw(resolve_target(str(parent_path) if parent.endswith(".toml") else parent),
-                     (*seen, path))
+    base = _load_raw(
+        resolve_target(str(parent_path) if parent.endswith(".toml") else parent), (*seen, path)
+    )
     return _deep_merge(base, data)
 
 
@@ -380,15 +473,20 @@ def _check_device(recipe: Recipe, path: Path) -> None:
     if dev.cpu is None:
         raise RecipeError(f"{path}:device.cpu: a qemu target needs a CPU model ({known})")
     if dev.cpu.split(",")[0] == "max":
-        raise RecipeError(f"{path}:device.cpu: 'max' is refused: QEMU's max CPU computes wrong "
-                          f"XNNPACK int8 results; name the target's core ({known})")
+        raise RecipeError(
+            f"{path}:device.cpu: 'max' is refused: QEMU's max CPU computes wrong "
+            f"XNNPACK int8 results; name the target's core ({known})"
+        )
     if dev.cpu not in CPU_MODELS:
-        raise RecipeError(f"{path}:device.cpu: {dev.cpu!r} is not a supported QEMU CPU model "
-                          f"(one of: {known})")
+        raise RecipeError(
+            f"{path}:device.cpu: {dev.cpu!r} is not a supported QEMU CPU model (one of: {known})"
+        )
     if recipe.budgets.max_latency_p90_ms is not None:
-        raise RecipeError(f"{path}:budgets.max_latency_p90_ms: latency under QEMU is emulated "
-                          "(~200x native, kernels not ranked right) and cannot hold a budget; "
-                          "leave it unset for qemu targets")
+        raise RecipeError(
+            f"{path}:budgets.max_latency_p90_ms: latency under QEMU is emulated "
+            "(~200x native, kernels not ranked right) and cannot hold a budget; "
+            "leave it unset for qemu targets"
+        )
 
 
 def describe_fields(cls: type = Recipe, prefix: str = "") -> list[tuple[str, str, str, str]]:

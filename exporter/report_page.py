@@ -61,10 +61,13 @@ def esc(value: object) -> str:
 
 
 def page(title: str, body: Iterable[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
 
 
 class Cell:
@@ -78,25 +81,34 @@ def cell(value: object, *, num: bool = False, bad: bool = False, span: int = 1) 
     return Cell(esc(value), num=num, bad=bad, span=span)
 
 
-def table(headers: Sequence[str], rows: Iterable[tuple[Sequence[Cell], str]],
-          num_cols: Iterable[int] = (), css: str = "") -> str:
+def table(
+    headers: Sequence[str],
+    rows: Iterable[tuple[Sequence[Cell], str]],
+    num_cols: Iterable[int] = (),
+    css: str = "",
+) -> str:
     """An HTML table; each row is (cells, css class of the row or '')."""
     nums = set(num_cols)
-    head = "".join(f"<th class=\"num\">{esc(h)}</th>" if i in nums else f"<th>{esc(h)}</th>"
-                   for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="num">{esc(h)}</th>' if i in nums else f"<th>{esc(h)}</th>"
+        for i, h in enumerate(headers)
+    )
     body = []
     for cells, cls in rows:
         tds = []
         for c in cells:
             classes = " ".join(k for k, on in (("num", c.num), ("bad", c.bad)) if on)
-            attrs = (f" class=\"{classes}\"" if classes else "") + \
-                (f" colspan=\"{c.span}\"" if c.span > 1 else "")
+            attrs = (f' class="{classes}"' if classes else "") + (
+                f' colspan="{c.span}"' if c.span > 1 else ""
+            )
             tds.append(f"<td{attrs}>{c.markup}</td>")
-        attr = f" class=\"{cls}\"" if cls else ""
+        attr = f' class="{cls}"' if cls else ""
         body.append(f"<tr{attr}>{''.join(tds)}</tr>")
-    attr = f" class=\"{css}\"" if css else ""
-    return (f"<div class=\"wide\"><table{attr}><thead><tr>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table></div>")
+    attr = f' class="{css}"' if css else ""
+    return (
+        f'<div class="wide"><table{attr}><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
+    )
 
 
 def figure(svg: str, caption: str) -> str:
@@ -104,16 +116,18 @@ def figure(svg: str, caption: str) -> str:
 
 
 def kv_list(items: Iterable[tuple[str, object]]) -> str:
-    lis = "".join(f"<li><span class=\"k\">{esc(k)}</span>=<span>{esc(v)}</span></li>"
-                  for k, v in items)
-    return f"<ul class=\"kv\">{lis}</ul>"
+    lis = "".join(
+        f'<li><span class="k">{esc(k)}</span>=<span>{esc(v)}</span></li>' for k, v in items
+    )
+    return f'<ul class="kv">{lis}</ul>'
 
 
 def chips(values: Iterable[object]) -> str:
-    return "".join(f"<span class=\"chip\">{esc(v)}</span>" for v in values)
+    return "".join(f'<span class="chip">{esc(v)}</span>' for v in values)
 
 
 # --- numbers: one place, so the report and the comparison print them the same way ---------
+
 
 def fmt(value: object, spec: str, missing: str = "–") -> str:
     if value is None or isinstance(value, bool):
@@ -137,8 +151,12 @@ BUDGET_WORDS = {
 }
 
 # Which artifact-table column each budget judges, to highlight the failing cell.
-BUDGET_COLUMN = {"max_accuracy_drop": "drop", "min_agreement": "agreement",
-                 "max_latency_p90_ms": "p90", "max_bytes": "bytes"}
+BUDGET_COLUMN = {
+    "max_accuracy_drop": "drop",
+    "min_agreement": "agreement",
+    "max_latency_p90_ms": "p90",
+    "max_bytes": "bytes",
+}
 
 
 def budget_words(name: str, limit: object) -> str:

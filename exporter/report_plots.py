@@ -16,8 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 # Colour-blind-friendly and distinct in print; cycled when there are more series.
-PALETTE = ("#4477aa", "#ee6677", "#228833", "#ccbb44", "#66ccee", "#aa3377", "#bbbbbb",
-           "#332288", "#117733", "#882255")
+PALETTE = (
+    "#4477aa",
+    "#ee6677",
+    "#228833",
+    "#ccbb44",
+    "#66ccee",
+    "#aa3377",
+    "#bbbbbb",
+    "#332288",
+    "#117733",
+    "#882255",
+)
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
 BUDGET_COLOUR = "#c0392b"
 FIG_WIDTH_IN = 6.4
@@ -75,10 +85,13 @@ def _svg(fig, salt: str) -> str:
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "path"}):
         # All-None metadata makes matplotlib omit the <metadata> block (creator, date).
-        fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None,
-                                                 "Format": None, "Type": None})
+        fig.savefig(
+            buf,
+            format="svg",
+            metadata={"Date": None, "Creator": None, "Format": None, "Type": None},
+        )
     text = buf.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     # The page sizes the figure (width 100 %, aspect from the viewBox); namespaces are implied
     # for <svg> inside HTML, and dropping them keeps the page free of any URL at all.
     head_end = text.index(">")
@@ -108,8 +121,15 @@ def _log_limits(values: Sequence[float], lines: Sequence[Line]) -> tuple[float, 
     return lo / 1.6, hi * 1.6
 
 
-def scatter_svg(points: Sequence[Point], *, x: str, accuracy_lines: Sequence[Line],
-                x_lines: Sequence[Line], name: str, emulated: bool = False) -> str:
+def scatter_svg(
+    points: Sequence[Point],
+    *,
+    x: str,
+    accuracy_lines: Sequence[Line],
+    x_lines: Sequence[Line],
+    name: str,
+    emulated: bool = False,
+) -> str:
     """Accuracy against size (``x='size'``) or p90 latency (``x='latency'``), log x axis.
 
     Budgets: a horizontal line per accuracy floor, a vertical line per size/latency ceiling,
@@ -126,10 +146,18 @@ def scatter_svg(points: Sequence[Point], *, x: str, accuracy_lines: Sequence[Lin
         marker = _indexer([p.marker_key for p in points])
         xs = [p.size if x == "size" else p.latency for p in points]
         for p, xv in zip(points, xs, strict=True):
-            ax.scatter([xv], [p.accuracy], s=70, label=p.label, alpha=0.85,
-                       color=PALETTE[colour(p.colour_key) % len(PALETTE)],
-                       marker=MARKERS[marker(p.marker_key) % len(MARKERS)],
-                       edgecolors="#222222", linewidths=0.8, zorder=3)
+            ax.scatter(
+                [xv],
+                [p.accuracy],
+                s=70,
+                label=p.label,
+                alpha=0.85,
+                color=PALETTE[colour(p.colour_key) % len(PALETTE)],
+                marker=MARKERS[marker(p.marker_key) % len(MARKERS)],
+                edgecolors="#222222",
+                linewidths=0.8,
+                zorder=3,
+            )
         ax.set_xscale("log")
         x_lo, x_hi = _log_limits(xs, x_lines)
         ys = [p.accuracy for p in points] + [ln.value for ln in accuracy_lines]
@@ -138,13 +166,29 @@ def scatter_svg(points: Sequence[Point], *, x: str, accuracy_lines: Sequence[Lin
         for ln in accuracy_lines:
             ax.axhline(ln.value, color=BUDGET_COLOUR, linestyle="--", linewidth=1.2, zorder=2)
             ax.axhspan(y_lo, ln.value, color=BUDGET_COLOUR, alpha=0.06, zorder=1)
-            ax.annotate(ln.label, (x_lo, ln.value), xytext=(4, 3), textcoords="offset points",
-                        color=BUDGET_COLOUR, fontsize=8, va="bottom")
+            ax.annotate(
+                ln.label,
+                (x_lo, ln.value),
+                xytext=(4, 3),
+                textcoords="offset points",
+                color=BUDGET_COLOUR,
+                fontsize=8,
+                va="bottom",
+            )
         for ln in x_lines:
             ax.axvline(ln.value, color=BUDGET_COLOUR, linestyle=":", linewidth=1.4, zorder=2)
             ax.axvspan(ln.value, x_hi, color=BUDGET_COLOUR, alpha=0.06, zorder=1)
-            ax.annotate(ln.label, (ln.value, y_hi), xytext=(-4, -4), textcoords="offset points",
-                        color=BUDGET_COLOUR, fontsize=8, ha="right", va="top", rotation=90)
+            ax.annotate(
+                ln.label,
+                (ln.value, y_hi),
+                xytext=(-4, -4),
+                textcoords="offset points",
+                color=BUDGET_COLOUR,
+                fontsize=8,
+                ha="right",
+                va="top",
+                rotation=90,
+            )
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_hi)
         label = _human_bytes if x == "size" else _plain_ms
@@ -152,8 +196,9 @@ def scatter_svg(points: Sequence[Point], *, x: str, accuracy_lines: Sequence[Lin
         # Over a narrow range a log axis may hold no power of ten: label 2x and 5x as well.
         decades = math.log10(x_hi / x_lo)
         shown = (2, 3, 5) if decades < 1.2 else (2, 5) if decades < 2.5 else ()
-        ax.xaxis.set_minor_formatter(FuncFormatter(
-            lambda v, _pos: label(v) if _mantissa(v) in shown else ""))
+        ax.xaxis.set_minor_formatter(
+            FuncFormatter(lambda v, _pos: label(v) if _mantissa(v) in shown else "")
+        )
         if x == "size":
             ax.set_xlabel("file size (bytes, log scale)")
         else:
@@ -161,8 +206,9 @@ def scatter_svg(points: Sequence[Point], *, x: str, accuracy_lines: Sequence[Lin
             ax.set_xlabel(f"{kind} (ms per image, batch 1, log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(True, which="major", color="#dddddd", linewidth=0.6, zorder=0)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5,
-                  frameon=False)
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5, frameon=False
+        )
         return _svg(fig, name)
 
 
@@ -178,13 +224,25 @@ def sparsity_svg(layers: Sequence[dict], target: float | None, name: str) -> str
         pos = list(range(len(layers)))
         ax.barh(pos, values, color=PALETTE[0], height=0.6, zorder=3)
         for y, la, v in zip(pos, layers, values, strict=True):
-            ax.annotate(f"{v:.1f} %  of {int(la.get('params') or 0):,}", (v, y), xytext=(4, 0),
-                        textcoords="offset points", va="center", fontsize=8)
+            ax.annotate(
+                f"{v:.1f} %  of {int(la.get('params') or 0):,}",
+                (v, y),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
         if target is not None and not math.isnan(target):
             ax.axvline(100 * target, color=BUDGET_COLOUR, linestyle="--", linewidth=1.2)
-            ax.annotate(f"target {100 * target:g} % (whole model)", (100 * target, -0.5),
-                        xytext=(4, -2), textcoords="offset points", color=BUDGET_COLOUR,
-                        fontsize=8, va="top")
+            ax.annotate(
+                f"target {100 * target:g} % (whole model)",
+                (100 * target, -0.5),
+                xytext=(4, -2),
+                textcoords="offset points",
+                color=BUDGET_COLOUR,
+                fontsize=8,
+                va="top",
+            )
         ax.set_yticks(pos, names)
         ax.invert_yaxis()  # first layer on top, as in the table
         ax.set_xlim(0, 118)

@@ -59,10 +59,17 @@ def sparsify_onnx(src: Path, dst: Path, *, force: bool = True) -> tuple[list[Ten
         dense = arr.nbytes
         sp = _sparse_bytes(arr) if arr.ndim >= 2 else dense + 1
         use_sparse = sp < dense
-        decisions.append(TensorStorage(init.name, list(arr.shape), str(arr.dtype),
-                                       float(np.mean(arr == 0)) if arr.size else 0.0,
-                                       "coo" if use_sparse else "dense", dense,
-                                       sp if use_sparse else dense))
+        decisions.append(
+            TensorStorage(
+                init.name,
+                list(arr.shape),
+                str(arr.dtype),
+                float(np.mean(arr == 0)) if arr.size else 0.0,
+                "coo" if use_sparse else "dense",
+                dense,
+                sp if use_sparse else dense,
+            )
+        )
         (sparse if use_sparse else keep).append((init, arr))
     if not sparse:
         return decisions, False

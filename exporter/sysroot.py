@@ -43,17 +43,49 @@ PLUGIN_SOURCE = Path(__file__).resolve().parent / "qemu" / "insn_count.c"
 
 # python3.11 and every shared library it and the wheels load (glibc, libstdc++ for the
 # runtimes, ssl/ffi/sqlite... for the stdlib); apt-get download does not resolve dependencies.
-DEBS = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib", "libc6",
-        "libstdc++6", "libgcc-s1", "zlib1g", "libexpat1", "libffi8", "libssl3", "libbz2-1.0",
-        "liblzma5", "libsqlite3-0", "libuuid1", "libncursesw6", "libtinfo6", "libreadline8",
-        "readline-common", "libdb5.3", "libgdbm6", "libgdbm-compat4", "libnsl2", "libtirpc3",
-        "libcrypt1", "media-types", "libgssapi-krb5-2", "libkrb5-3", "libk5crypto3",
-        "libkrb5support0", "libcom-err2", "libkeyutils1", "libzstd1")
+DEBS = (
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libc6",
+    "libstdc++6",
+    "libgcc-s1",
+    "zlib1g",
+    "libexpat1",
+    "libffi8",
+    "libssl3",
+    "libbz2-1.0",
+    "liblzma5",
+    "libsqlite3-0",
+    "libuuid1",
+    "libncursesw6",
+    "libtinfo6",
+    "libreadline8",
+    "readline-common",
+    "libdb5.3",
+    "libgdbm6",
+    "libgdbm-compat4",
+    "libnsl2",
+    "libtirpc3",
+    "libcrypt1",
+    "media-types",
+    "libgssapi-krb5-2",
+    "libkrb5-3",
+    "libk5crypto3",
+    "libkrb5support0",
+    "libcom-err2",
+    "libkeyutils1",
+    "libzstd1",
+)
 
 # Distribution name -> import name; versions pinned to this machine's where installed.
 WHEELS = {"numpy": "numpy", "onnxruntime": "onnxruntime", "ai-edge-litert": "ai_edge_litert"}
-WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
-                   "manylinux_2_28_aarch64")
+WHEEL_PLATFORMS = (
+    "manylinux2014_aarch64",
+    "manylinux_2_17_aarch64",
+    "manylinux_2_27_aarch64",
+    "manylinux_2_28_aarch64",
+)
 
 
 def cache_root() -> Path:
@@ -94,7 +126,9 @@ class Sysroot:
 
 def sysroot_for(arch: str = "arm64") -> Sysroot:
     if arch not in ARCHES:
-        raise RuntimeCheckError(f"unknown target architecture '{arch}' (known: {', '.join(ARCHES)})")
+        raise RuntimeCheckError(
+            f"unknown target architecture '{arch}' (known: {', '.join(ARCHES)})"
+        )
     return Sysroot(arch, cache_root() / arch)
 
 
@@ -102,11 +136,13 @@ def find_qemu() -> tuple[str, str]:
     """(path, version) of qemu-aarch64, or a one-line error saying what to install."""
     exe = shutil.which("qemu-aarch64")
     if exe is None:
-        raise RuntimeCheckError("qemu-aarch64 not found: install it with "
-                                "`apt-get install qemu-user`")
+        raise RuntimeCheckError(
+            "qemu-aarch64 not found: install it with `apt-get install qemu-user`"
+        )
     try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30,
-                             check=False).stdout
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=30, check=False
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         out = ""
     m = re.search(r"version (\S+)", out)
@@ -160,11 +196,15 @@ def require(arch: str = "arm64") -> Sysroot:
     sr = sysroot_for(arch)
     issues = problems(sr)
     if issues == ["not built"]:
-        raise RuntimeCheckError(f"the {arch} sysroot is not built ({sr.root}): run "
-                                f"`edgepack target setup {arch}` once (about 20 s, ~220 MB)")
+        raise RuntimeCheckError(
+            f"the {arch} sysroot is not built ({sr.root}): run "
+            f"`edgepack target setup {arch}` once (about 20 s, ~220 MB)"
+        )
     if issues:
-        raise RuntimeCheckError(f"the {arch} sysroot in {sr.root} is unusable ({issues[0]}): "
-                                f"run `edgepack target setup {arch} --force`")
+        raise RuntimeCheckError(
+            f"the {arch} sysroot in {sr.root} is unusable ({issues[0]}): "
+            f"run `edgepack target setup {arch} --force`"
+        )
     return sr
 
 
@@ -212,14 +252,22 @@ def debian_mirrors() -> tuple[str, str | None, str | None]:
     """(main archive URI, security archive URI or None, keyring or None) to fetch arm64 from."""
     override = os.environ.get("EDGEPACK_DEBIAN_MIRROR")
     sources = _apt_sources()
-    main = next(((u, k) for u, s, k in sources if not s.endswith("-security")
-                 and u.rstrip("/").endswith("/debian")), None)
+    main = next(
+        (
+            (u, k)
+            for u, s, k in sources
+            if not s.endswith("-security") and u.rstrip("/").endswith("/debian")
+        ),
+        None,
+    )
     security = next(((u, k) for u, s, k in sources if s.endswith("-security")), None)
     if override:
         main = (override, main[1] if main else None)
     if main is None:
-        raise RuntimeCheckError("no Debian mirror found in /etc/apt/sources.list(.d); set "
-                                "EDGEPACK_DEBIAN_MIRROR to a Debian archive URL")
+        raise RuntimeCheckError(
+            "no Debian mirror found in /etc/apt/sources.list(.d); set "
+            "EDGEPACK_DEBIAN_MIRROR to a Debian archive URL"
+        )
     keyring = main[1] or (KEYRING if Path(KEYRING).is_file() else None)
     return main[0], security[0] if security else None, keyring
 
@@ -237,14 +285,18 @@ def _apt_config(work: Path) -> dict[str, str]:
     (apt / "sources.list").write_text("\n".join(lines) + "\n")
     (apt / "status").write_text("")
     conf = {
-        "APT::Architecture": "arm64", "Dir::State": apt, "Dir::State::lists": apt / "lists",
-        "Dir::State::status": apt / "status", "Dir::Cache": apt / "cache",
+        "APT::Architecture": "arm64",
+        "Dir::State": apt,
+        "Dir::State::lists": apt / "lists",
+        "Dir::State::status": apt / "status",
+        "Dir::Cache": apt / "cache",
         "Dir::Etc::SourceList": apt / "sources.list",
         "Dir::Etc::SourceParts": apt / "sources.list.d",
         "Dir::Etc::Preferences": apt / "preferences",
         "Dir::Etc::PreferencesParts": apt / "preferences.d",
         # As root apt would drop to _apt, which cannot write into a user's cache directory.
-        "APT::Sandbox::User": "root", "Acquire::Languages": "none",
+        "APT::Sandbox::User": "root",
+        "Acquire::Languages": "none",
     }
     text = "".join(f'{k} "{v}";\n' for k, v in conf.items())
     text += 'APT::Architectures { "arm64"; };\n'
@@ -258,8 +310,11 @@ def _run(cmd: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
     except FileNotFoundError:
         raise RuntimeCheckError(f"{what}: {cmd[0]} not found") from None
     if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines()
-                 if ln.strip() and not ln.startswith("W:")]
+        lines = [
+            ln
+            for ln in (proc.stderr + proc.stdout).splitlines()
+            if ln.strip() and not ln.startswith("W:")
+        ]
         raise RuntimeCheckError(f"{what} failed: {lines[-1] if lines else proc.returncode}")
     return proc
 
@@ -272,8 +327,14 @@ def _download_debs(work: Path, env: dict, progress: Progress) -> list[Path]:
     debs.mkdir()
     task = progress.add_task(f"download {len(DEBS)} arm64 .deb", total=len(DEBS))
     # One apt-get call (each has ~0.3 s of start-up); its "Get:" lines advance the bar.
-    proc = subprocess.Popen(["apt-get", "download", "-q", *DEBS], cwd=debs, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        ["apt-get", "download", "-q", *DEBS],
+        cwd=debs,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("Get:"):
@@ -290,9 +351,21 @@ def _download_wheels(work: Path, pins: dict[str, str | None], progress: Progress
     task = progress.add_task("pip download aarch64 wheels (cp311)", total=1)
     wheels = work / "wheels"
     reqs = [f"{d}=={v}" if v else d for d, v in pins.items()]
-    cmd = [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check",
-           "--only-binary=:all:", "--python-version", PYTHON_VERSION, "--implementation", "cp",
-           "-d", str(wheels)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--python-version",
+        PYTHON_VERSION,
+        "--implementation",
+        "cp",
+        "-d",
+        str(wheels),
+    ]
     for plat in WHEEL_PLATFORMS:
         cmd += ["--platform", plat]
     _run([*cmd, *reqs], "pip download of aarch64 wheels", timeout=900)
@@ -304,10 +377,14 @@ def _compile_plugin(dest: Path, progress: Progress) -> None:
     task = progress.add_task("build insn_count QEMU plugin", total=1)
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
-        raise RuntimeCheckError("no C compiler to build the instruction-count plugin: "
-                                "`apt-get install gcc`")
-    _run([cc, "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o", str(dest),
-          str(PLUGIN_SOURCE)], "building the QEMU plugin", timeout=120)
+        raise RuntimeCheckError(
+            "no C compiler to build the instruction-count plugin: `apt-get install gcc`"
+        )
+    _run(
+        [cc, "-shared", "-fPIC", "-O2", "-fvisibility=hidden", "-o", str(dest), str(PLUGIN_SOURCE)],
+        "building the QEMU plugin",
+        timeout=120,
+    )
     progress.update(task, advance=1)
 
 
@@ -320,8 +397,12 @@ def _compile_bytecode(sysroot: Path, progress: Progress) -> None:
     task = progress.add_task("byte-compile python", total=1)
     dirs = [str(sysroot / "usr/lib/python3.11"), str(sysroot / GUEST_SITE.lstrip("/"))]
     if sys.version_info[:2] == (3, 11):
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "-j0", *dirs],
-                       capture_output=True, check=False, timeout=600)
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-j0", *dirs],
+            capture_output=True,
+            check=False,
+            timeout=600,
+        )
     progress.update(task, advance=1)
 
 
@@ -330,12 +411,20 @@ def _smoke_test(sr: Sysroot, qemu: str) -> str:
     from runtime_check.qemu import ensure_view
 
     view = ensure_view(sr.sysroot, sr.views, "cortex-a72")
-    code = ("import sys, numpy, onnxruntime, ai_edge_litert.interpreter; "
-            "print(sys.version.split()[0])")
-    proc = _run([qemu, "-L", str(view), "-cpu", "cortex-a72", str(view) + GUEST_PYTHON,
-                 "-c", code], "the sysroot smoke test",
-                env={"PYTHONPATH": GUEST_SITE, "PYTHONNOUSERSITE": "1", "LANG": "C.UTF-8",
-                     "PATH": os.environ.get("PATH", "/usr/bin:/bin")}, timeout=300)
+    code = (
+        "import sys, numpy, onnxruntime, ai_edge_litert.interpreter; print(sys.version.split()[0])"
+    )
+    proc = _run(
+        [qemu, "-L", str(view), "-cpu", "cortex-a72", str(view) + GUEST_PYTHON, "-c", code],
+        "the sysroot smoke test",
+        env={
+            "PYTHONPATH": GUEST_SITE,
+            "PYTHONNOUSERSITE": "1",
+            "LANG": "C.UTF-8",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        },
+        timeout=300,
+    )
     return proc.stdout.strip()
 
 
@@ -349,13 +438,16 @@ def build(arch: str = "arm64", *, force: bool = False, progress: Progress) -> Sy
     if not force and not problems(sr):
         return sr
     if not force and sr.root.exists():
-        raise RuntimeCheckError(f"the {arch} sysroot in {sr.root} is unusable "
-                                f"({problems(sr)[0]}): run `edgepack target setup {arch} --force`")
+        raise RuntimeCheckError(
+            f"the {arch} sysroot in {sr.root} is unusable "
+            f"({problems(sr)[0]}): run `edgepack target setup {arch} --force`"
+        )
     qemu, qemu_version = find_qemu()
     for tool in ("apt-get", "dpkg"):
         if shutil.which(tool) is None:
-            raise RuntimeCheckError(f"{tool} not found: building the {arch} sysroot needs a "
-                                    "Debian-based machine")
+            raise RuntimeCheckError(
+                f"{tool} not found: building the {arch} sysroot needs a Debian-based machine"
+            )
     started = time.monotonic()
     sr.root.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{arch}-build.", dir=sr.root.parent))
@@ -396,11 +488,19 @@ def build(arch: str = "arm64", *, force: bool = False, progress: Progress) -> Sy
             sr.stamp.unlink(missing_ok=True)
             raise
         progress.update(task, advance=1)
-        stamp = {"format": STAMP_FORMAT, "arch": arch, "suite": SUITE, "python": guest_python,
-                 "wheels": {d: versions.get(d) for d in WHEELS},
-                 "all_wheels": versions, "debs": [d.name for d in debs],
-                 "qemu": qemu_version, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                 "seconds": round(time.monotonic() - started, 1), "bytes": du(sr.sysroot)}
+        stamp = {
+            "format": STAMP_FORMAT,
+            "arch": arch,
+            "suite": SUITE,
+            "python": guest_python,
+            "wheels": {d: versions.get(d) for d in WHEELS},
+            "all_wheels": versions,
+            "debs": [d.name for d in debs],
+            "qemu": qemu_version,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "seconds": round(time.monotonic() - started, 1),
+            "bytes": du(sr.sysroot),
+        }
         sr.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -42,10 +42,17 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.gather(3, cols)
 
 
-def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainConfig, *,
-          step_hook: Callable[[int, int], None] | None = None,
-          after_step: Callable[[], None] | None = None,
-          progress: Progress | None = None, label: str = "training") -> list[float]:
+def train(
+    model: nn.Module,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    step_hook: Callable[[int, int], None] | None = None,
+    after_step: Callable[[], None] | None = None,
+    progress: Progress | None = None,
+    label: str = "training",
+) -> list[float]:
     """Train in place on float32 NCHW ``inputs``; return the mean loss of each epoch."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -54,8 +61,9 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
     n = len(y_all)
     per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
     total = per_epoch * cfg.epochs
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9,
-                          weight_decay=cfg.weight_decay)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
+    )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
     set_mode(model, training=True)
     history: list[float] = []
@@ -65,7 +73,7 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
         order = torch.randperm(n, generator=gen)
         running = 0.0
         for b in range(per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             x, y = x_all[idx], y_all[idx]
             if cfg.augment:
                 x = _augment(x, gen)
@@ -81,9 +89,12 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
             running += loss.item()
             step += 1
             if progress:
-                progress.update(task, advance=1,
-                                description=f"{label} epoch {epoch + 1}/{cfg.epochs} "
-                                            f"loss {running / (b + 1):.3f}")
+                progress.update(
+                    task,
+                    advance=1,
+                    description=f"{label} epoch {epoch + 1}/{cfg.epochs} "
+                    f"loss {running / (b + 1):.3f}",
+                )
         history.append(running / per_epoch)
     set_mode(model, training=False)
     return history
@@ -93,8 +104,10 @@ def train(model: nn.Module, inputs: np.ndarray, labels: np.ndarray, cfg: TrainCo
 def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Logits for float32 NCHW inputs, in eval mode."""
     set_mode(model, training=False)
-    outs = [model(torch.from_numpy(inputs[i:i + batch_size])).float().numpy()
-            for i in range(0, len(inputs), batch_size)]
+    outs = [
+        model(torch.from_numpy(inputs[i : i + batch_size])).float().numpy()
+        for i in range(0, len(inputs), batch_size)
+    ]
     return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
 
 

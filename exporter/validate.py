@@ -22,11 +22,17 @@ def make_runner(recipe: Recipe, host: str | None = None) -> Runner:
     if host is not None or dev.kind == "ssh":
         target = host or dev.host
         if not target:
-            raise RuntimeCheckError(f"target '{recipe.name}' runs over SSH: give --host "
-                                    "user@host[:port] (or set device.host in the recipe)")
+            raise RuntimeCheckError(
+                f"target '{recipe.name}' runs over SSH: give --host "
+                "user@host[:port] (or set device.host in the recipe)"
+            )
         try:
-            return SshRunner(target, python=dev.python, ssh_options=list(dev.ssh_options),
-                             connect_timeout_s=dev.connect_timeout_s)
+            return SshRunner(
+                target,
+                python=dev.python,
+                ssh_options=list(dev.ssh_options),
+                connect_timeout_s=dev.connect_timeout_s,
+            )
         except RunnerError as exc:
             raise RuntimeCheckError(str(exc)) from None
     if dev.kind == "qemu":
@@ -35,17 +41,34 @@ def make_runner(recipe: Recipe, host: str | None = None) -> Runner:
         qemu, version = find_qemu()
         sr = require("arm64")
         # The cpu was checked against CPU_MODELS when the recipe was loaded.
-        return QemuRunner(qemu=qemu, sysroot=sr.sysroot, views_dir=sr.views, cpu=dev.cpu or "",
-                          plugin=sr.plugin, qemu_version=version)
+        return QemuRunner(
+            qemu=qemu,
+            sysroot=sr.sysroot,
+            views_dir=sr.views,
+            cpu=dev.cpu or "",
+            plugin=sr.plugin,
+            qemu_version=version,
+        )
     return LocalRunner()
 
 
-def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress: Progress,
-             runner: Runner | None = None, batch: Path | None = None) -> dict:
+def validate(
+    out_dir: Path,
+    artifacts: list[Artifact],
+    recipe: Recipe,
+    progress: Progress,
+    runner: Runner | None = None,
+    batch: Path | None = None,
+) -> dict:
     """runtime_check's JSON for every artifact, one runner call per artifact for progress."""
     rt = recipe.runtime
-    options = CheckOptions(threads=rt.threads, warmup=rt.warmup, runs=rt.runs,
-                           delegate=rt.delegate, timeout_s=recipe.device.timeout_s)
+    options = CheckOptions(
+        threads=rt.threads,
+        warmup=rt.warmup,
+        runs=rt.runs,
+        delegate=rt.delegate,
+        timeout_s=recipe.device.timeout_s,
+    )
     runner = runner or make_runner(recipe)
     merged: dict = {"runner": runner.name, "results": []}
     task = progress.add_task("validate", total=len(artifacts))
@@ -53,8 +76,13 @@ def validate(out_dir: Path, artifacts: list[Artifact], recipe: Recipe, progress:
         progress.update(task, description=f"validate {art.path} ({runner.name})")
         runtime = RUNTIME_OF_FORMAT[art.format]
         if runtime not in rt.runtimes:
-            merged["results"].append({"path": art.path, "status": "skipped",
-                                      "reason": f"{runtime} is not in the recipe's runtimes"})
+            merged["results"].append(
+                {
+                    "path": art.path,
+                    "status": "skipped",
+                    "reason": f"{runtime} is not in the recipe's runtimes",
+                }
+            )
         else:
             try:
                 res = runner.run([out_dir / art.path], batch or out_dir / EVAL_BATCH, options)

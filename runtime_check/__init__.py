@@ -13,9 +13,17 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 
-def check(artifacts: list[str | Path], batch: str | Path, *, threads: int = 1, warmup: int = 10,
-          runs: int = 100, delegate: str = "xnnpack", isolate: bool = True,
-          layouts: dict[str, str] | None = None) -> dict:
+def check(
+    artifacts: list[str | Path],
+    batch: str | Path,
+    *,
+    threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+    delegate: str = "xnnpack",
+    isolate: bool = True,
+    layouts: dict[str, str] | None = None,
+) -> dict:
     """Validate each artifact on the eval batch and return one JSON-ready result."""
     from runtime_check.cpu import describe_cpu
     from runtime_check.evaluate import evaluate_artifact, evaluate_isolated, load_batch
@@ -24,8 +32,18 @@ def check(artifacts: list[str | Path], batch: str | Path, *, threads: int = 1, w
     data = load_batch(batch)
     run_one = evaluate_isolated if isolate else evaluate_artifact
     layouts = layouts or {}
-    results = [run_one(a, data, threads=threads, warmup=warmup, runs=runs, delegate=delegate,
-                       layout=layouts.get(Path(a).name)) for a in artifacts]
+    results = [
+        run_one(
+            a,
+            data,
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            delegate=delegate,
+            layout=layouts.get(Path(a).name),
+        )
+        for a in artifacts
+    ]
     return {
         "runtime_check_version": __version__,
         "python": sys.version.split()[0],

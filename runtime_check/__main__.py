@@ -16,7 +16,9 @@ from runtime_check.runtimes import ArtifactError
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime_check", description=__doc__)
     p.add_argument("artifacts", nargs="+", help=".onnx / .tflite files; NAME@nhwc forces a layout")
-    p.add_argument("--batch", required=True, help="eval batch npz (inputs, labels, reference_logits)")
+    p.add_argument(
+        "--batch", required=True, help="eval batch npz (inputs, labels, reference_logits)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
@@ -32,9 +34,16 @@ def main(argv: list[str] | None = None) -> int:
         if lay:
             layouts[path.rsplit("/", 1)[-1]] = lay
     try:
-        result = check(paths, args.batch, threads=args.threads, warmup=args.warmup,
-                       runs=args.runs, delegate=args.delegate, isolate=not args.no_isolate,
-                       layouts=layouts)
+        result = check(
+            paths,
+            args.batch,
+            threads=args.threads,
+            warmup=args.warmup,
+            runs=args.runs,
+            delegate=args.delegate,
+            isolate=not args.no_isolate,
+            layouts=layouts,
+        )
     except (OSError, ValueError, ArtifactError) as exc:
         print(f"runtime_check: error: {exc}", file=sys.stderr)
         return 2

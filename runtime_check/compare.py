@@ -10,20 +10,29 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
     drop = reference_accuracy - result["accuracy"]
     checks = {
         "max_accuracy_drop": (budgets.get("max_accuracy_drop"), drop, lambda v, lim: v <= lim),
-        "min_agreement": (budgets.get("min_agreement"), result["agreement"],
-                          lambda v, lim: v >= lim),
+        "min_agreement": (
+            budgets.get("min_agreement"),
+            result["agreement"],
+            lambda v, lim: v >= lim,
+        ),
         # Emulated wall time (QEMU) is not latency: no latency budget applies to it.
-        "max_latency_p90_ms": (None if result["latency_ms"].get("emulated")
-                               else budgets.get("max_latency_p90_ms"),
-                               result["latency_ms"]["p90"],
-                               lambda v, lim: v <= lim),
+        "max_latency_p90_ms": (
+            None if result["latency_ms"].get("emulated") else budgets.get("max_latency_p90_ms"),
+            result["latency_ms"]["p90"],
+            lambda v, lim: v <= lim,
+        ),
         "max_bytes": (budgets.get("max_bytes"), result["bytes"], lambda v, lim: v <= lim),
     }
-    return {name: {"limit": lim, "value": value, "ok": bool(ok(value, lim))}
-            for name, (lim, value, ok) in checks.items() if lim is not None}
+    return {
+        name: {"limit": lim, "value": value, "ok": bool(ok(value, lim))}
+        for name, (lim, value, ok) in checks.items()
+        if lim is not None
+    }
 
 
-def verdict(results: list[dict], reference_accuracy: float, budgets: dict) -> tuple[bool, list[str]]:
+def verdict(
+    results: list[dict], reference_accuracy: float, budgets: dict
+) -> tuple[bool, list[str]]:
     """Whether every artifact that ran holds every budget, and why not in words.
 
     An artifact that errored fails the verdict; one skipped for a missing runtime is reported
@@ -55,7 +64,7 @@ def parity(results: list[dict]) -> list[dict]:
     ok = [r for r in results if r.get("status") == "ok" and "predictions" in r]
     rows = []
     for i, a in enumerate(ok):
-        for b in ok[i + 1:]:
+        for b in ok[i + 1 :]:
             pa, pb = a["predictions"], b["predictions"]
             if len(pa) != len(pb) or not pa:
                 continue

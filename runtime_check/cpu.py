@@ -6,8 +6,23 @@ import os
 import platform
 
 # Features that decide which int8/fp32 kernels the runtimes pick.
-INTERESTING = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",
-               "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16", "fphp", "asimdhp")
+INTERESTING = (
+    "avx",
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimd",
+    "asimddp",
+    "i8mm",
+    "sve",
+    "sve2",
+    "bf16",
+    "fphp",
+    "asimdhp",
+)
 
 
 def describe_cpu(cpuinfo_path: str = "/proc/cpuinfo") -> dict:

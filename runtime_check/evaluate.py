@@ -58,8 +58,9 @@ def _layout(input_shape: list[int], chw: tuple[int, int, int], hint: str | None,
     tail = tuple(input_shape[1:])
     fits = [name for name, dims in (("nchw", (c, h, w)), ("nhwc", (h, w, c))) if tail == dims]
     if not fits:
-        raise ArtifactError(f"model input is {list(input_shape)} but the eval batch is "
-                            f"[N,{c},{h},{w}] (NCHW)")
+        raise ArtifactError(
+            f"model input is {list(input_shape)} but the eval batch is [N,{c},{h},{w}] (NCHW)"
+        )
     if hint in fits:
         return hint
     if len(fits) == 1:
@@ -74,8 +75,12 @@ def wants_raw_pixels(spec, batch: dict[str, np.ndarray]) -> bool:
     input tensor carries no quantization (or the identity 1.0 / 0); they are fed the batch's
     raw ``images`` (uint8 NHWC) rather than the normalized floats.
     """
-    return (spec.dtype == "uint8" and "images" in batch and spec.scale in (None, 1.0)
-            and spec.zero_point in (None, 0))
+    return (
+        spec.dtype == "uint8"
+        and "images" in batch
+        and spec.scale in (None, 1.0)
+        and spec.zero_point in (None, 0)
+    )
 
 
 def _prepare(x: np.ndarray, layout: str, spec) -> np.ndarray:
@@ -93,8 +98,12 @@ def _prepare(x: np.ndarray, layout: str, spec) -> np.ndarray:
 
 def _percentiles(samples_ms: list[float]) -> dict:
     arr = np.asarray(samples_ms)
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
-            "mean": float(arr.mean()), "runs": len(samples_ms)}
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "mean": float(arr.mean()),
+        "runs": len(samples_ms),
+    }
 
 
 def _resident_mb() -> float | None:
@@ -116,14 +125,20 @@ def gzip_size(path: Path) -> int:
 
 def _run_all(sess, x: np.ndarray) -> np.ndarray:
     if sess.batchable:
-        logits = np.concatenate([sess.run(x[i:i + 256]) for i in range(0, len(x), 256)])
+        logits = np.concatenate([sess.run(x[i : i + 256]) for i in range(0, len(x), 256)])
     else:
-        logits = np.concatenate([sess.run(x[i:i + 1]) for i in range(len(x))])
+        logits = np.concatenate([sess.run(x[i : i + 1]) for i in range(len(x))])
     return logits.reshape(len(x), -1).astype(np.float32)
 
 
-def logits_for(path: str | Path, batch: str | Path, *, threads: int = 1,
-               delegate: str = "xnnpack", layout: str | None = None) -> np.ndarray:
+def logits_for(
+    path: str | Path,
+    batch: str | Path,
+    *,
+    threads: int = 1,
+    delegate: str = "xnnpack",
+    layout: str | None = None,
+) -> np.ndarray:
     """The artifact's float logits on every image of the eval batch (for comparing devices)."""
     path = Path(path)
     inputs = load_batch(batch)["inputs"]
@@ -132,9 +147,16 @@ def logits_for(path: str | Path, batch: str | Path, *, threads: int = 1,
     return _run_all(sess, _prepare(inputs, lay, sess.input))
 
 
-def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads: int = 1,
-                      warmup: int = 10, runs: int = 100, delegate: str = "xnnpack",
-                      layout: str | None = None) -> dict:
+def evaluate_artifact(
+    path: str | Path,
+    batch: dict[str, np.ndarray],
+    *,
+    threads: int = 1,
+    warmup: int = 10,
+    runs: int = 100,
+    delegate: str = "xnnpack",
+    layout: str | None = None,
+) -> dict:
     """One artifact's figures as a JSON-ready dict (``status`` ok / skipped / error)."""
     path = Path(path)
     fmt = path.suffix.lstrip(".")
@@ -163,9 +185,14 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
                 return np.ascontiguousarray(batch["images"][:n])
             return _prepare(inputs[:n], lay, sess.input)
 
-        result["input"] = {"layout": lay, "dtype": sess.input.dtype, "shape": sess.input.shape,
-                           "scale": sess.input.scale, "zero_point": sess.input.zero_point,
-                           "raw_pixels": raw}
+        result["input"] = {
+            "layout": lay,
+            "dtype": sess.input.dtype,
+            "shape": sess.input.shape,
+            "scale": sess.input.scale,
+            "zero_point": sess.input.zero_point,
+            "raw_pixels": raw,
+        }
         sess.run(prepared(1))
         after = _resident_mb()
         if before is not None and after is not None:
@@ -175,8 +202,9 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         x = prepared(None)
         logits = _run_all(sess, x)
         if logits.shape != ref.shape:
-            raise ArtifactError(f"output shape {list(logits.shape)} differs from the reference "
-                                f"{list(ref.shape)}")
+            raise ArtifactError(
+                f"output shape {list(logits.shape)} differs from the reference {list(ref.shape)}"
+            )
         pred = logits.argmax(1)
         result["samples"] = len(x)
         result["accuracy"] = float((pred == labels).mean() * 100.0)
@@ -189,7 +217,7 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
             sess.run(x[:1])
         times = []
         for i in range(runs):
-            one = x[i % len(x):i % len(x) + 1]
+            one = x[i % len(x) : i % len(x) + 1]
             t0 = time.perf_counter_ns()
             sess.run(one)
             times.append((time.perf_counter_ns() - t0) / 1e6)
@@ -197,7 +225,7 @@ def evaluate_artifact(path: str | Path, batch: dict[str, np.ndarray], *, threads
         if os.environ.get(INSN_FILE_ENV):
             # A window of its own for the instruction counter, with nothing but the inferences
             # in it: the timing calls above would add instructions of their own.
-            slices = [x[i % len(x):i % len(x) + 1] for i in range(runs)]
+            slices = [x[i % len(x) : i % len(x) + 1] for i in range(runs)]
             _marker(MARK_START)
             for one in slices:
                 sess.run(one)
@@ -224,8 +252,13 @@ def evaluate_isolated(path: str | Path, batch: dict[str, np.ndarray], **kwargs) 
         try:
             payload = json.dumps(evaluate_artifact(path, batch, **kwargs)).encode()
         except BaseException as exc:  # report, never hang the parent
-            payload = json.dumps({"path": Path(path).name, "status": "error",
-                                  "reason": f"{type(exc).__name__}: {exc}"}).encode()
+            payload = json.dumps(
+                {
+                    "path": Path(path).name,
+                    "status": "error",
+                    "reason": f"{type(exc).__name__}: {exc}",
+                }
+            ).encode()
             code = 1
         with os.fdopen(write_fd, "wb") as fh:
             fh.write(payload)
@@ -237,8 +270,11 @@ def evaluate_isolated(path: str | Path, batch: dict[str, np.ndarray], **kwargs) 
     if not data:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         why = f"killed by signal {sig}" if sig else f"exit status {os.WEXITSTATUS(status)}"
-        return {"path": Path(path).name, "status": "error",
-                "reason": f"the runtime crashed while checking this artifact ({why})"}
+        return {
+            "path": Path(path).name,
+            "status": "error",
+            "reason": f"the runtime crashed while checking this artifact ({why})",
+        }
     out = json.loads(data)
     out["peak_rss_mb"] = usage.ru_maxrss * _RSS_UNIT / 1024
     return out

@@ -37,8 +37,10 @@ GUEST_SITE = "/opt/edgepack/site-packages"
 INSN_FILE_ENV = "RUNTIME_CHECK_INSN_FILE"
 
 _BASE_FEATURES = "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"
-_V82_FEATURES = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
-                 "lrcpc dcpop asimddp ssbs")
+_V82_FEATURES = (
+    "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm "
+    "lrcpc dcpop asimddp ssbs"
+)
 
 
 @dataclass(frozen=True)
@@ -65,10 +67,13 @@ CPU_MODELS: dict[str, CpuModel] = {
 def cpuinfo_text(cpu: str) -> str:
     """An ARM64 Linux /proc/cpuinfo for ``cpu`` (one block per core)."""
     m = CPU_MODELS[cpu]
-    block = ("processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
-             "CPU architecture: 8\nCPU variant\t: {v}\nCPU part\t: {p}\nCPU revision\t: {r}\n\n")
-    return "".join(block.format(i=i, f=m.features, v=m.variant, p=m.part, r=m.revision)
-                   for i in range(m.cores))
+    block = (
+        "processor\t: {i}\nBogoMIPS\t: 108.00\nFeatures\t: {f}\nCPU implementer\t: 0x41\n"
+        "CPU architecture: 8\nCPU variant\t: {v}\nCPU part\t: {p}\nCPU revision\t: {r}\n\n"
+    )
+    return "".join(
+        block.format(i=i, f=m.features, v=m.variant, p=m.part, r=m.revision) for i in range(m.cores)
+    )
 
 
 def ensure_view(sysroot: Path, views_dir: Path, cpu: str) -> Path:
@@ -78,8 +83,9 @@ def ensure_view(sysroot: Path, views_dir: Path, cpu: str) -> Path:
     concurrent runs never see half a view.
     """
     if cpu not in CPU_MODELS:
-        raise RunnerError(f"QEMU CPU model '{cpu}' is not supported (use one of: "
-                          f"{', '.join(CPU_MODELS)})")
+        raise RunnerError(
+            f"QEMU CPU model '{cpu}' is not supported (use one of: {', '.join(CPU_MODELS)})"
+        )
     sysroot = sysroot.resolve()
     view = views_dir / cpu
     expected = cpuinfo_text(cpu)
@@ -122,11 +128,20 @@ def _rmtree(path: Path) -> None:
 class QemuRunner(Runner):
     """runtime_check in an ARM64 python3.11 under ``qemu-aarch64 -cpu CPU``."""
 
-    def __init__(self, *, qemu: str, sysroot: Path, views_dir: Path, cpu: str,
-                 plugin: Path | None = None, qemu_version: str = ""):
+    def __init__(
+        self,
+        *,
+        qemu: str,
+        sysroot: Path,
+        views_dir: Path,
+        cpu: str,
+        plugin: Path | None = None,
+        qemu_version: str = "",
+    ):
         if cpu not in CPU_MODELS:
-            raise RunnerError(f"QEMU CPU model '{cpu}' is not supported (use one of: "
-                              f"{', '.join(CPU_MODELS)})")
+            raise RunnerError(
+                f"QEMU CPU model '{cpu}' is not supported (use one of: {', '.join(CPU_MODELS)})"
+            )
         self.qemu = qemu
         self.sysroot = Path(sysroot)
         self.views_dir = Path(views_dir)
@@ -148,29 +163,43 @@ class QemuRunner(Runner):
         # prefix falls through to the host file system. A fixed hash seed and one BLAS thread
         # keep the instruction counts repeatable.
         package_parent = Path(__file__).resolve().parent.parent
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-               "PYTHONPATH": f"{GUEST_SITE}:{package_parent}", "PYTHONHASHSEED": "0",
-               "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1",
-               "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": "C.UTF-8",
+            "PYTHONPATH": f"{GUEST_SITE}:{package_parent}",
+            "PYTHONHASHSEED": "0",
+            "PYTHONNOUSERSITE": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+        }
         if count_file:
             env[INSN_FILE_ENV] = str(count_file)
         return env
 
     def run(self, artifacts: list[Path], batch: Path, options: CheckOptions) -> dict:
         view = ensure_view(self.sysroot, self.views_dir, self.cpu)
-        args = self.command_args([str(Path(a).resolve()) for a in artifacts],
-                                 str(Path(batch).resolve()), options)
+        args = self.command_args(
+            [str(Path(a).resolve()) for a in artifacts], str(Path(batch).resolve()), options
+        )
         with tempfile.TemporaryDirectory(prefix="edgepack-qemu-") as tmp:
             count_file = Path(tmp) / "insn_count" if self.plugin else None
             try:
-                proc = subprocess.run(self.command(view, count_file, args), capture_output=True,
-                                      text=True, timeout=options.timeout_s, check=False,
-                                      env=self.environment(count_file))
+                proc = subprocess.run(
+                    self.command(view, count_file, args),
+                    capture_output=True,
+                    text=True,
+                    timeout=options.timeout_s,
+                    check=False,
+                    env=self.environment(count_file),
+                )
             except FileNotFoundError:
                 raise RunnerError(f"{self.qemu} not found (apt-get install qemu-user)") from None
             except subprocess.TimeoutExpired:
-                raise RunnerError(f"runtime_check under QEMU ({self.cpu}) timed out after "
-                                  f"{options.timeout_s:.0f} s") from None
+                raise RunnerError(
+                    f"runtime_check under QEMU ({self.cpu}) timed out after "
+                    f"{options.timeout_s:.0f} s"
+                ) from None
         out = self.parse(proc.stdout, proc.stderr, proc.returncode)
         return self.mark_emulated(out)
 
@@ -180,8 +209,12 @@ class QemuRunner(Runner):
             if "latency_ms" in res:
                 res["latency_ms"]["emulated"] = True
                 res["emulated"] = True
-        emulator = {"name": "qemu-aarch64", "version": self.qemu_version, "cpu": self.cpu,
-                    "instruction_counts": self.plugin is not None}
+        emulator = {
+            "name": "qemu-aarch64",
+            "version": self.qemu_version,
+            "cpu": self.cpu,
+            "instruction_counts": self.plugin is not None,
+        }
         out["emulator"] = emulator
         if isinstance(out.get("cpu"), dict):
             out["cpu"]["emulated"] = f"qemu-aarch64 {self.qemu_version} -cpu {self.cpu}".strip()

@@ -32,9 +32,21 @@ class Runner:
 
     @staticmethod
     def command_args(artifacts: list[str], batch: str, options: CheckOptions) -> list[str]:
-        return ["-m", "runtime_check", *artifacts, "--batch", batch,
-                "--threads", str(options.threads), "--warmup", str(options.warmup),
-                "--runs", str(options.runs), "--delegate", options.delegate]
+        return [
+            "-m",
+            "runtime_check",
+            *artifacts,
+            "--batch",
+            batch,
+            "--threads",
+            str(options.threads),
+            "--warmup",
+            str(options.warmup),
+            "--runs",
+            str(options.runs),
+            "--delegate",
+            options.delegate,
+        ]
 
     @staticmethod
     def parse(stdout: str, stderr: str, returncode: int) -> dict:
@@ -56,8 +68,9 @@ class LocalRunner(Runner):
     def run(self, artifacts: list[Path], batch: Path, options: CheckOptions) -> dict:
         cmd = [self.python, *self.command_args([str(a) for a in artifacts], str(batch), options)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=options.timeout_s,
-                                  check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=options.timeout_s, check=False
+            )
         except subprocess.TimeoutExpired:
             raise RunnerError(f"runtime_check timed out after {options.timeout_s:.0f} s") from None
         return self.parse(proc.stdout, proc.stderr, proc.returncode)

@@ -44,7 +44,9 @@ class OrtSession:
         try:
             ort = importlib.import_module("onnxruntime")
         except ImportError:
-            raise RuntimeUnavailable("onnxruntime is not installed (pip install onnxruntime)") from None
+            raise RuntimeUnavailable(
+                "onnxruntime is not installed (pip install onnxruntime)"
+            ) from None
         self.version = _version("onnxruntime", ort)
         self.delegate = "cpu"
         opts = ort.SessionOptions()
@@ -55,7 +57,9 @@ class OrtSession:
         try:
             self._sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception classes per failure
-            raise ArtifactError(f"onnxruntime cannot load {path.name}: {_first_line(exc)}") from None
+            raise ArtifactError(
+                f"onnxruntime cannot load {path.name}: {_first_line(exc)}"
+            ) from None
         inp = self._sess.get_inputs()[0]
         self._name = inp.name
         self._out = self._sess.get_outputs()[0].name
@@ -75,14 +79,18 @@ _ORT_TYPES = {"tensor(float)": "float32", "tensor(uint8)": "uint8", "tensor(int8
 
 def _tflite_interpreter_module():
     """ai-edge-litert (maintained), else tflite_runtime (what many Raspberry Pis have)."""
-    for module, dist in (("ai_edge_litert.interpreter", "ai-edge-litert"),
-                         ("tflite_runtime.interpreter", "tflite-runtime")):
+    for module, dist in (
+        ("ai_edge_litert.interpreter", "ai-edge-litert"),
+        ("tflite_runtime.interpreter", "tflite-runtime"),
+    ):
         try:
             return importlib.import_module(module), dist
         except ImportError:
             continue
-    raise RuntimeUnavailable("no TFLite runtime (pip install ai-edge-litert, or tflite-runtime "
-                             "with numpy<2 on older systems)")
+    raise RuntimeUnavailable(
+        "no TFLite runtime (pip install ai-edge-litert, or tflite-runtime "
+        "with numpy<2 on older systems)"
+    )
 
 
 class TfliteSession:
@@ -93,7 +101,9 @@ class TfliteSession:
         self.delegate = delegate
         kwargs = {"num_threads": threads}
         if delegate == "none":
-            kwargs["experimental_op_resolver_type"] = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            kwargs["experimental_op_resolver_type"] = (
+                mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            )
         try:
             self._it = mod.Interpreter(model_path=str(path), **kwargs)
             self._it.allocate_tensors()
@@ -120,8 +130,12 @@ class TfliteSession:
 
 def _tflite_io(detail: dict) -> IOSpec:
     scale, zp = detail.get("quantization", (0.0, 0))
-    return IOSpec([int(d) for d in detail["shape"]], np.dtype(detail["dtype"]).name,
-                  float(scale) or None, int(zp) if scale else None)
+    return IOSpec(
+        [int(d) for d in detail["shape"]],
+        np.dtype(detail["dtype"]).name,
+        float(scale) or None,
+        int(zp) if scale else None,
+    )
 
 
 def _first_line(exc: Exception) -> str:
@@ -141,8 +155,11 @@ def open_session(path: Path, threads: int, delegate: str):
 def runtime_versions() -> dict[str, str]:
     """Versions of whichever runtimes are importable here."""
     found = {}
-    for module, dist in (("onnxruntime", "onnxruntime"), ("ai_edge_litert", "ai-edge-litert"),
-                         ("tflite_runtime", "tflite-runtime")):
+    for module, dist in (
+        ("onnxruntime", "onnxruntime"),
+        ("ai_edge_litert", "ai-edge-litert"),
+        ("tflite_runtime", "tflite-runtime"),
+    ):
         try:
             found[dist] = _version(dist, importlib.import_module(module))
         except ImportError:

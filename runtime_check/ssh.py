@@ -49,21 +49,23 @@ for need in sys.argv[1:]:
 """
 
 # Modules tried per artifact suffix, as runtime_check.runtimes tries them.
-_RUNTIME_MODULES = {".onnx": "onnxruntime",
-                    ".tflite": "ai_edge_litert.interpreter,tflite_runtime.interpreter"}
+_RUNTIME_MODULES = {
+    ".onnx": "onnxruntime",
+    ".tflite": "ai_edge_litert.interpreter,tflite_runtime.interpreter",
+}
 _INSTALL_HINT = {
     "numpy": "numpy is not installed for {py} there (pip install numpy)",
     "onnxruntime": "onnxruntime is not installed for {py} there (pip install onnxruntime)",
-    "ai_edge_litert.interpreter,tflite_runtime.interpreter":
-        "no TFLite runtime for {py} there (pip install ai-edge-litert, or tflite-runtime with "
-        "numpy<2 on older systems)",
+    "ai_edge_litert.interpreter,tflite_runtime.interpreter": "no TFLite runtime for {py} there (pip install ai-edge-litert, or tflite-runtime with "
+    "numpy<2 on older systems)",
 }
 
 
 def parse_host(host: str) -> tuple[str, str | None]:
     """``user@host[:port]`` -> (``user@host``, port or None); ``[v6addr]:port`` works too."""
-    m = re.fullmatch(r"(?:(?P<user>[^@\s]+)@)?(?P<h>\[[^\]]+\]|[^:@\s\[\]]+)(?::(?P<port>\d+))?",
-                     host.strip())
+    m = re.fullmatch(
+        r"(?:(?P<user>[^@\s]+)@)?(?P<h>\[[^\]]+\]|[^:@\s\[\]]+)(?::(?P<port>\d+))?", host.strip()
+    )
     if not m:
         raise RunnerError(f"--host {host!r}: expected user@host[:port]")
     name = m.group("h").strip("[]")
@@ -74,8 +76,15 @@ def parse_host(host: str) -> tuple[str, str | None]:
 class SshRunner(Runner):
     """runtime_check on ``host`` over the system ssh client."""
 
-    def __init__(self, host: str, *, python: str = "python3", ssh_options: list[str] | tuple = (),
-                 connect_timeout_s: float = 10.0, ssh: str = "ssh"):
+    def __init__(
+        self,
+        host: str,
+        *,
+        python: str = "python3",
+        ssh_options: list[str] | tuple = (),
+        connect_timeout_s: float = 10.0,
+        ssh: str = "ssh",
+    ):
         self.host = host
         self.dest, self.port = parse_host(host)
         self.python = python
@@ -86,9 +95,17 @@ class SshRunner(Runner):
         self.name = f"ssh:{host}"
 
     def ssh_command(self, remote: str) -> list[str]:
-        cmd = [self.ssh, "-o", "BatchMode=yes",
-               "-o", f"ConnectTimeout={max(1, round(self.connect_timeout_s))}",
-               "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]
+        cmd = [
+            self.ssh,
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={max(1, round(self.connect_timeout_s))}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+        ]
         if self.port:
             cmd += ["-p", self.port]
         # The remote login shell may be anything (fish, zsh): hand the script to sh.
@@ -134,20 +151,33 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
 
     def run(self, artifacts: list[Path], batch: Path, options: CheckOptions) -> dict:
         data, names = self.payload([Path(a) for a in artifacts], Path(batch))
-        needs = sorted({_RUNTIME_MODULES[Path(a).suffix] for a in artifacts
-                        if Path(a).suffix in _RUNTIME_MODULES})
+        needs = sorted(
+            {
+                _RUNTIME_MODULES[Path(a).suffix]
+                for a in artifacts
+                if Path(a).suffix in _RUNTIME_MODULES
+            }
+        )
         cmd = self.ssh_command(self.script(names, needs, options))
         remote_dir = None
         try:
             try:
-                proc = subprocess.run(cmd, input=data, capture_output=True, check=False,
-                                      timeout=options.timeout_s + self.connect_timeout_s + 30)
+                proc = subprocess.run(
+                    cmd,
+                    input=data,
+                    capture_output=True,
+                    check=False,
+                    timeout=options.timeout_s + self.connect_timeout_s + 30,
+                )
             except FileNotFoundError:
-                raise RunnerError(f"{self.ssh} not found (apt-get install openssh-client)") from None
+                raise RunnerError(
+                    f"{self.ssh} not found (apt-get install openssh-client)"
+                ) from None
             except subprocess.TimeoutExpired as exc:
                 remote_dir = _remote_dir((exc.stderr or b"").decode(errors="replace"))
-                raise RunnerError(f"{self.host}: runtime_check timed out after "
-                                  f"{options.timeout_s:.0f} s") from None
+                raise RunnerError(
+                    f"{self.host}: runtime_check timed out after {options.timeout_s:.0f} s"
+                ) from None
             stdout = proc.stdout.decode(errors="replace")
             stderr = proc.stderr.decode(errors="replace")
             return self._result(proc.returncode, stdout, stderr, options)
@@ -160,47 +190,72 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
         if rc == 255:
             raise RunnerError(self._ssh_error(stderr))
         if rc == _NO_PYTHON:
-            raise RunnerError(f"{self.host}: '{py}' not found on the device (install python3 "
-                              "there, or set device.python to its interpreter)")
+            raise RunnerError(
+                f"{self.host}: '{py}' not found on the device (install python3 "
+                "there, or set device.python to its interpreter)"
+            )
         if rc == _MISSING:
             m = re.search(r"edgepack-missing: (\S+)(.*)", stdout)
             what = m.group(1) if m else "?"
-            hint = _INSTALL_HINT.get(what, f"{what} is missing for {{py}} there{m.group(2) if m else ''}")
+            hint = _INSTALL_HINT.get(
+                what, f"{what} is missing for {{py}} there{m.group(2) if m else ''}"
+            )
             raise RunnerError(f"{self.host}: " + hint.format(py=py))
         if rc == _NO_TMP:
             raise RunnerError(f"{self.host}: cannot create a temporary directory (mktemp -d)")
         if rc == _NO_TAR:
-            raise RunnerError(f"{self.host}: could not unpack the check files (is tar installed "
-                              "and /tmp writable?)")
+            raise RunnerError(
+                f"{self.host}: could not unpack the check files (is tar installed "
+                "and /tmp writable?)"
+            )
         if rc == _TIMEOUT:
-            raise RunnerError(f"{self.host}: runtime_check timed out after "
-                              f"{options.timeout_s:.0f} s")
+            raise RunnerError(
+                f"{self.host}: runtime_check timed out after {options.timeout_s:.0f} s"
+            )
         try:
             return self.parse(stdout, _without_markers(stderr), rc)
         except RunnerError as exc:
             raise RunnerError(f"{self.host}: {exc}") from None
 
     def _ssh_error(self, stderr: str) -> str:
-        lines = [ln.strip() for ln in _without_markers(stderr).splitlines()
-                 if ln.strip() and not ln.startswith("@")]
+        lines = [
+            ln.strip()
+            for ln in _without_markers(stderr).splitlines()
+            if ln.strip() and not ln.startswith("@")
+        ]
         text = " ".join(lines)
         last = lines[-1] if lines else "ssh exit status 255"
         lowered = text.lower()
-        if "IDENTIFICATION HAS CHANGED" in stderr or ("host key for" in lowered
-                                                      and "has changed" in lowered):
-            return (f"{self.host}: the host key has CHANGED since it was recorded in known_hosts "
-                    "(reinstalled device, or someone in between); check it, then remove the old "
-                    f"one with `ssh-keygen -R {self._known_hosts_name()}`")
+        if "IDENTIFICATION HAS CHANGED" in stderr or (
+            "host key for" in lowered and "has changed" in lowered
+        ):
+            return (
+                f"{self.host}: the host key has CHANGED since it was recorded in known_hosts "
+                "(reinstalled device, or someone in between); check it, then remove the old "
+                f"one with `ssh-keygen -R {self._known_hosts_name()}`"
+            )
         if "Host key verification failed" in text or re.search(r"No \S+ host key is known", text):
-            return (f"{self.host}: host key unknown or not trusted; connect once with "
-                    f"`ssh {self._ssh_hint()}` to check and record it")
+            return (
+                f"{self.host}: host key unknown or not trusted; connect once with "
+                f"`ssh {self._ssh_hint()}` to check and record it"
+            )
         if "Permission denied" in text or "Too many authentication failures" in text:
-            return (f"{self.host}: authentication refused ({last}); set up key login, e.g. "
-                    f"`ssh-copy-id {self._ssh_hint()}`")
-        unreachable = ("Connection refused", "Connection timed out", "No route to host",
-                       "Could not resolve hostname", "Network is unreachable",
-                       "Operation timed out", "Connection closed", "Connection reset",
-                       "timed out during banner exchange", "Name or service not known")
+            return (
+                f"{self.host}: authentication refused ({last}); set up key login, e.g. "
+                f"`ssh-copy-id {self._ssh_hint()}`"
+            )
+        unreachable = (
+            "Connection refused",
+            "Connection timed out",
+            "No route to host",
+            "Could not resolve hostname",
+            "Network is unreachable",
+            "Operation timed out",
+            "Connection closed",
+            "Connection reset",
+            "timed out during banner exchange",
+            "Name or service not known",
+        )
         if any(u in text for u in unreachable):
             return f"{self.host}: unreachable ({last})"
         return f"{self.host}: ssh failed ({last})"
@@ -217,9 +272,13 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
         if not re.fullmatch(rf"/[\w./-]*/{re.escape(TMP_PREFIX)}\w+", remote_dir):
             return
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(self.ssh_command(f"rm -rf {shlex.quote(remote_dir)}"),
-                           capture_output=True, timeout=self.connect_timeout_s + 20, check=False,
-                           stdin=subprocess.DEVNULL)
+            subprocess.run(
+                self.ssh_command(f"rm -rf {shlex.quote(remote_dir)}"),
+                capture_output=True,
+                timeout=self.connect_timeout_s + 20,
+                check=False,
+                stdin=subprocess.DEVNULL,
+            )
 
 
 def _remote_dir(stderr: str) -> str | None:

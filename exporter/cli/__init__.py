@@ -43,8 +43,17 @@ def _register() -> None:
         train_cmd,
     )
 
-    for module in (run_cmd, train_cmd, check_cmd, targets_cmd, target_cmd, inspect_cmd, ops_cmd,
-                   package_cmd, compare_cmd):
+    for module in (
+        run_cmd,
+        train_cmd,
+        check_cmd,
+        targets_cmd,
+        target_cmd,
+        inspect_cmd,
+        ops_cmd,
+        package_cmd,
+        compare_cmd,
+    ):
         cli.add_command(module.command)
 
 

@@ -23,8 +23,9 @@ def command(ctx, out_dir, target, host, overrides, force, quiet, as_json):
     """Validate the artifacts in OUT_DIR on TARGET; writes OUT_DIR/checks/<target>.json."""
     from exporter.check import check_dir
 
-    report = check_dir(out_dir, target, host=host, overrides=tuple(overrides), force=force,
-                       quiet=quiet or as_json)
+    report = check_dir(
+        out_dir, target, host=host, overrides=tuple(overrides), force=force, quiet=quiet or as_json
+    )
     if as_json:
         click.echo(json.dumps(report, indent=2))
     ctx.exit(EXIT_OK if report["passed"] else EXIT_BUDGET_FAILED)

@@ -13,8 +13,14 @@ DEFAULT_HTML = Path("compare.html")
 
 @click.command("compare")
 @click.argument("inputs", nargs=-1, required=True, metavar="DIR_OR_REPORT...")
-@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_HTML, show_default=True, help="where to write the comparison page")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_HTML,
+    show_default=True,
+    help="where to write the comparison page",
+)
 @click.option("--force", is_flag=True, help="replace an existing --html file")
 def command(inputs, html_path, force):
     """Compare the reports of output directories (report.json and checks/*.json) or files.

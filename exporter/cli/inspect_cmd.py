@@ -24,8 +24,10 @@ def command(path: Path, as_json: bool):
 
         info = describe_tflite(path)
     else:
-        raise InputFileError(f"{path}: cannot inspect '{path.suffix or 'no suffix'}' files "
-                             "(expected .onnx or .tflite)")
+        raise InputFileError(
+            f"{path}: cannot inspect '{path.suffix or 'no suffix'}' files "
+            "(expected .onnx or .tflite)"
+        )
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -33,22 +35,27 @@ def command(path: Path, as_json: bool):
     if "input_details" in info:  # TFLite: the tensor contract an app has to meet
         for kind in ("input", "output"):
             for io in info[f"{kind}_details"]:
-                quant = (f", scale {io['scale']:.6g}, zero point {io['zero_point']}"
-                         if io.get("scale") else "")
+                quant = (
+                    f", scale {io['scale']:.6g}, zero point {io['zero_point']}"
+                    if io.get("scale")
+                    else ""
+                )
                 click.echo(f"{kind}: {io['name']} {io['shape']} {io['dtype']}{quant}")
     else:
         click.echo(f"input: {info['input']['name']} {info['input']['shape']}")
         click.echo(f"outputs: {', '.join(info['outputs'])}")
     click.echo("ops: " + ", ".join(f"{k} x{v}" for k, v in sorted(info["ops"].items())))
     if "params" in info:
-        click.echo(f"params: {info['params']:,}  zeros: {info['zeros']:,} "
-                   f"({info['sparsity']:.1%})")
-    click.echo(f"{'tensor':40} {'shape':>18} {'dtype':>8} {'bytes':>10} {'sparsity':>9} "
-               f"{'encoding':>10}")
+        click.echo(f"params: {info['params']:,}  zeros: {info['zeros']:,} ({info['sparsity']:.1%})")
+    click.echo(
+        f"{'tensor':40} {'shape':>18} {'dtype':>8} {'bytes':>10} {'sparsity':>9} {'encoding':>10}"
+    )
     for t in info["tensors"]:
         if t.get("bytes", 0) == 0:
             continue
         sp = t.get("sparsity")
-        click.echo(f"{t['name'][:40]:40} {str(t['shape']):>18} {t['dtype']:>8} "
-                   f"{t['bytes']:>10,} {'' if sp is None else f'{sp:.1%}':>9} "
-                   f"{t.get('encoding', t.get('storage', '')):>10}")
+        click.echo(
+            f"{t['name'][:40]:40} {str(t['shape']):>18} {t['dtype']:>8} "
+            f"{t['bytes']:>10,} {'' if sp is None else f'{sp:.1%}':>9} "
+            f"{t.get('encoding', t.get('storage', '')):>10}"
+        )

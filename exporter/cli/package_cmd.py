@@ -11,12 +11,23 @@ from exporter.errors import PackageError
 
 @click.command("package")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--platform", type=click.Choice(["android", "ios"]), default="android",
-              show_default=True, help="which USAGE.md and zip to write")
-@click.option("--verify", is_flag=True,
-              help="TARGET is a package zip: check it against its manifest and run its models")
-@click.option("--allow-failed", is_flag=True,
-              help="package a run that failed validation (marked allow_failed in the manifest)")
+@click.option(
+    "--platform",
+    type=click.Choice(["android", "ios"]),
+    default="android",
+    show_default=True,
+    help="which USAGE.md and zip to write",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="TARGET is a package zip: check it against its manifest and run its models",
+)
+@click.option(
+    "--allow-failed",
+    is_flag=True,
+    help="package a run that failed validation (marked allow_failed in the manifest)",
+)
 @click.option("--force", is_flag=True, help="replace an existing package directory and zip")
 @click.option("-q", "--quiet", is_flag=True)
 def command(target, platform, verify, allow_failed, force, quiet):
@@ -30,8 +41,10 @@ def command(target, platform, verify, allow_failed, force, quiet):
     if verify:
         res = verify_zip(target)
         if not quiet:
-            ran = (f"; model.tflite and model.ort ran on {res['samples']} input(s) from "
-                   f"{res['inputs']}, top-1 agreement {res['tflite_ort_agreement']:.3f}")
+            ran = (
+                f"; model.tflite and model.ort ran on {res['samples']} input(s) from "
+                f"{res['inputs']}, top-1 agreement {res['tflite_ort_agreement']:.3f}"
+            )
             click.echo(f"verified {target}: {res['files']} files match manifest.json{ran}")
         return
     if target.suffix == ".zip":

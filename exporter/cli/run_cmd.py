@@ -13,32 +13,79 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
 
 @click.command("run")
 @click.pass_context
-@click.option("--model", required=True,
-              help="seed-cnn | resnet8 | file.py:Factory | module:Factory | model.pt2 | model.onnx")
-@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict (.pt), loaded weights-only")
-@click.option("--data", default="digits", show_default=True,
-              help="digits | npz:PATH | imagefolder:DIR | cifar10:DIR")
+@click.option(
+    "--model",
+    required=True,
+    help="seed-cnn | resnet8 | file.py:Factory | module:Factory | model.pt2 | model.onnx",
+)
+@click.option(
+    "--weights", type=click.Path(dir_okay=False), help="state_dict (.pt), loaded weights-only"
+)
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="digits | npz:PATH | imagefolder:DIR | cifar10:DIR",
+)
 @click.option("--eval-data", help="separate eval data (default: a seeded hold-out split of --data)")
 @click.option("--target", default="x86_64", show_default=True, help="target name or recipe .toml")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="output directory (default dist/<model name>)")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="override a recipe key, e.g. --set compress.prune.sparsity=0.5 (repeatable)")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="output directory (default dist/<model name>)",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="override a recipe key, e.g. --set compress.prune.sparsity=0.5 (repeatable)",
+)
 @click.option("--sparsity", type=float, help="shortcut for --set compress.prune.sparsity=")
 @click.option("--epochs", type=int, help="shortcut for --set compress.finetune.epochs=")
-@click.option("--qat-epochs", type=int,
-              help="shortcut for --set quantize.qat_epochs= (QAT when int8 misses its budget)")
+@click.option(
+    "--qat-epochs",
+    type=int,
+    help="shortcut for --set quantize.qat_epochs= (QAT when int8 misses its budget)",
+)
 @click.option("--mean", type=FLOATS, help="per-channel mean after /255 (default: data statistics)")
 @click.option("--std", type=FLOATS, help="per-channel std after /255")
 @click.option("--force", is_flag=True, help="replace an existing --out directory")
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars or table")
 @click.option("--json", "as_json", is_flag=True, help="print report.json to stdout")
-@click.option("--package/--no-package", "package", default=False,
-              help="after a passed run, package it for --platform (see `edgepack package`)")
-@click.option("--platform", type=click.Choice(["android", "ios"]), default="android",
-              show_default=True, help="platform of --package")
-def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsity, epochs,
-            qat_epochs, mean, std, force, quiet, as_json, package, platform):
+@click.option(
+    "--package/--no-package",
+    "package",
+    default=False,
+    help="after a passed run, package it for --platform (see `edgepack package`)",
+)
+@click.option(
+    "--platform",
+    type=click.Choice(["android", "ios"]),
+    default="android",
+    show_default=True,
+    help="platform of --package",
+)
+def command(
+    ctx,
+    model,
+    weights,
+    data,
+    eval_data,
+    target,
+    out,
+    overrides,
+    sparsity,
+    epochs,
+    qat_epochs,
+    mean,
+    std,
+    force,
+    quiet,
+    as_json,
+    package,
+    platform,
+):
     """Compress MODEL, export ONNX and TFLite, validate every artifact on TARGET, report.
 
     Exit code 0 when every budget holds, 1 when one fails, 2 for bad input.
@@ -53,9 +100,21 @@ def command(ctx, model, weights, data, eval_data, target, out, overrides, sparsi
     if qat_epochs is not None:
         extra.append(f"quantize.qat_epochs={qat_epochs}")
     out = out or Path("dist") / Path(model.split(":")[-1]).stem.lower()
-    result = run(RunOptions(model=model, out=out, weights=weights, data=data, eval_data=eval_data,
-                            target=target, overrides=tuple(extra), mean=mean, std=std,
-                            force=force, quiet=quiet or as_json))
+    result = run(
+        RunOptions(
+            model=model,
+            out=out,
+            weights=weights,
+            data=data,
+            eval_data=eval_data,
+            target=target,
+            overrides=tuple(extra),
+            mean=mean,
+            std=std,
+            force=force,
+            quiet=quiet or as_json,
+        )
+    )
     if as_json:
         click.echo(json.dumps(result.report, indent=2))
     elif not quiet:

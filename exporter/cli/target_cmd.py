@@ -29,8 +29,10 @@ def setup(arch: str, force: bool, quiet: bool) -> None:
         sr = build(arch, force=force or sr.root.exists(), progress=progress)
     stamp = read_stamp(sr) or {}
     wheels = ", ".join(f"{k} {v}" for k, v in stamp.get("wheels", {}).items())
-    console.print(f"{arch} sysroot ready in {sr.root}: python {stamp.get('python')}, {wheels}; "
-                  f"{stamp.get('bytes', 0) / 1e6:.0f} MB, {stamp.get('seconds')} s")
+    console.print(
+        f"{arch} sysroot ready in {sr.root}: python {stamp.get('python')}, {wheels}; "
+        f"{stamp.get('bytes', 0) / 1e6:.0f} MB, {stamp.get('seconds')} s"
+    )
     click.echo(str(sr.root))
 
 
@@ -47,8 +49,14 @@ def status(arch: str, as_json: bool) -> None:
     sr = sysroot_for(arch)
     issues = problems(sr)
     stamp = read_stamp(sr)
-    info = {"arch": arch, "path": str(sr.root), "usable": not issues, "problems": issues,
-            "qemu": shutil.which("qemu-aarch64"), "stamp": stamp}
+    info = {
+        "arch": arch,
+        "path": str(sr.root),
+        "usable": not issues,
+        "problems": issues,
+        "qemu": shutil.which("qemu-aarch64"),
+        "stamp": stamp,
+    }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -60,6 +68,8 @@ def status(arch: str, as_json: bool) -> None:
     if stamp:
         wheels = ", ".join(f"{k} {v}" for k, v in stamp.get("wheels", {}).items())
         click.echo(f"  python {stamp.get('python')} ({stamp.get('suite')}), {wheels}")
-        click.echo(f"  {len(stamp.get('debs', []))} .deb, {stamp.get('bytes', 0) / 1e6:.0f} MB, "
-                   f"built {stamp.get('built')} in {stamp.get('seconds')} s "
-                   f"with qemu {stamp.get('qemu')}")
+        click.echo(
+            f"  {len(stamp.get('debs', []))} .deb, {stamp.get('bytes', 0) / 1e6:.0f} MB, "
+            f"built {stamp.get('built')} in {stamp.get('seconds')} s "
+            f"with qemu {stamp.get('qemu')}"
+        )

@@ -46,9 +46,15 @@ class CompressionResult:
         return dict(self.__dict__)
 
 
-def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | None,
-             train_labels: np.ndarray | None, *, input_shape: tuple[int, int, int] | None = None,
-             progress: Progress | None = None) -> CompressionResult:
+def compress(
+    model: nn.Module,
+    spec: CompressSpec,
+    train_inputs: np.ndarray | None,
+    train_labels: np.ndarray | None,
+    *,
+    input_shape: tuple[int, int, int] | None = None,
+    progress: Progress | None = None,
+) -> CompressionResult:
     """Remove channels, prune weights, fine-tune and round ``model`` in place as the recipe says.
 
     Structured pruning changes the module's parameters, so it runs first; fine-tuning then
@@ -60,8 +66,14 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
         if input_shape is None:
             raise ValueError("structured pruning needs the input shape")
         ch = spec.channels
-        channel_info = prune_channels(model, input_shape, ratio=ch.ratio, scope=ch.scope,
-                                      importance=ch.importance, round_to=ch.round_to).to_dict()
+        channel_info = prune_channels(
+            model,
+            input_shape,
+            ratio=ch.ratio,
+            scope=ch.scope,
+            importance=ch.importance,
+            round_to=ch.round_to,
+        ).to_dict()
     weights = prunable_weights(model, prune.exclude)
     does_prune = prune.sparsity is not None or prune.threshold is not None
     wants_ft = ft.epochs > 0
@@ -76,26 +88,38 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
     if wants_ft and steps:
         steps.append("fine-tune")
     method = " + ".join(steps) or "none"
-    result = CompressionResult(method, prune.sparsity, prune.threshold, prune.scope, ft.epochs,
-                               channels=channel_info)
+    result = CompressionResult(
+        method, prune.sparsity, prune.threshold, prune.scope, ft.epochs, channels=channel_info
+    )
 
     # FC blocks follow the exported TFLite weight layout (see prune.py).
     layout = block_layout(model, prune.block, input_shape) if does_prune else None
     masks: MaskSet | None = None
     if does_prune and not gradual:
-        masks = prune_model(model, sparsity=prune.sparsity, threshold=prune.threshold,
-                            scope=prune.scope, exclude=prune.exclude, layout=layout)
+        masks = prune_model(
+            model,
+            sparsity=prune.sparsity,
+            threshold=prune.threshold,
+            scope=prune.scope,
+            exclude=prune.exclude,
+            layout=layout,
+        )
     if wants_ft:
         state = {"masks": masks}
         hook = None
         if gradual:
+
             def hook(step: int, total: int) -> None:
                 end = max(1, int(total * RAMP_FRACTION))
                 every = max(1, end // RAMP_UPDATES)
                 if step % every == 0 or step == end:
                     s = cubic_sparsity(min(step + every, end), prune.sparsity, end)
-                    new = magnitude_masks({n: p.detach() for n, p in weights.items()},
-                                          sparsity=s, scope=prune.scope, layout=layout)
+                    new = magnitude_masks(
+                        {n: p.detach() for n, p in weights.items()},
+                        sparsity=s,
+                        scope=prune.scope,
+                        layout=layout,
+                    )
                     state["masks"] = MaskSet(weights, new)
                     state["masks"].apply()
 
@@ -103,14 +127,28 @@ def compress(model: nn.Module, spec: CompressSpec, train_inputs: np.ndarray | No
             if state["masks"] is not None:
                 state["masks"].apply()
 
-        cfg = TrainConfig(epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed,
-                          augment=ft.augment)
-        result.finetune_loss = train(model, train_inputs, train_labels, cfg, step_hook=hook,
-                                     after_step=after, progress=progress, label="fine-tune")
+        cfg = TrainConfig(
+            epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
+        )
+        result.finetune_loss = train(
+            model,
+            train_inputs,
+            train_labels,
+            cfg,
+            step_hook=hook,
+            after_step=after,
+            progress=progress,
+            label="fine-tune",
+        )
         if gradual:
             # The final masks must be exactly at the target, whatever the step count was.
-            prune_model(model, sparsity=prune.sparsity, scope=prune.scope, exclude=prune.exclude,
-                        layout=layout)
+            prune_model(
+                model,
+                sparsity=prune.sparsity,
+                scope=prune.scope,
+                exclude=prune.exclude,
+                layout=layout,
+            )
     result.rounding = round_to_grid(weights, step=spec.round.step, bits=spec.round.bits)
     result.layers = layer_sparsity(model)
     total = sum(w.numel() for w in weights.values())

@@ -43,30 +43,49 @@ def _importance(name: str):
     return tp.importance.BNScaleImportance()  # "bn": BatchNorm gamma, Liu et al. 2017
 
 
-def prune_channels(model: nn.Module, input_shape: tuple[int, int, int], *, ratio: float,
-                   scope: str = "global", importance: str = "l1", round_to: int | None = 8,
-                   max_layer_ratio: float = 0.9) -> ChannelPruneResult:
+def prune_channels(
+    model: nn.Module,
+    input_shape: tuple[int, int, int],
+    *,
+    ratio: float,
+    scope: str = "global",
+    importance: str = "l1",
+    round_to: int | None = 8,
+    max_layer_ratio: float = 0.9,
+) -> ChannelPruneResult:
     """Remove ``ratio`` of the prunable channels in place; the classifier output is kept."""
     import torch_pruning as tp
 
     example = torch.zeros(1, *input_shape)
     params0, macs0 = count_params_macs(model, input_shape)
-    before = {n: m.weight.shape[0] for n, m in model.named_modules()
-              if isinstance(m, (nn.Conv2d, nn.Linear))}
+    before = {
+        n: m.weight.shape[0]
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
     # The layer that produces the logits keeps its outputs: they are the classes.
     last = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
     try:
         pruner = tp.pruner.MetaPruner(
-            model, example, importance=_importance(importance), pruning_ratio=ratio,
-            global_pruning=scope == "global", max_pruning_ratio=max_layer_ratio,
-            ignored_layers=[last], round_to=round_to)
+            model,
+            example,
+            importance=_importance(importance),
+            pruning_ratio=ratio,
+            global_pruning=scope == "global",
+            max_pruning_ratio=max_layer_ratio,
+            ignored_layers=[last],
+            round_to=round_to,
+        )
         pruner.step()
     except Exception as exc:  # tracing a user model can fail in many ways
-        raise ModelLoadError(f"structured pruning could not trace the model: "
-                             f"{type(exc).__name__}: {exc}") from None
+        raise ModelLoadError(
+            f"structured pruning could not trace the model: {type(exc).__name__}: {exc}"
+        ) from None
     set_mode(model, training=False)
     params1, macs1 = count_params_macs(model, input_shape)
-    channels = [{"name": n, "before": before[n], "after": m.weight.shape[0]}
-                for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-                and n in before]
+    channels = [
+        {"name": n, "before": before[n], "after": m.weight.shape[0]}
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and n in before
+    ]
     return ChannelPruneResult(ratio, scope, importance, params0, params1, macs0, macs1, channels)

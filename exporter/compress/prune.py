@@ -43,11 +43,12 @@ def _weight_params(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     are generic) prunes the same as the eager model: a ``.weight`` of rank >= 2 is a conv
     (rank 3-5) or fully-connected (rank 2) kernel; BatchNorm scales and biases are rank 1.
     """
-    return [(n, p) for n, p in model.named_parameters()
-            if n.endswith("weight") and p.dim() >= 2]
+    return [(n, p) for n, p in model.named_parameters() if n.endswith("weight") and p.dim() >= 2]
 
 
-def prunable_weights(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) -> dict[str, nn.Parameter]:
+def prunable_weights(
+    model: nn.Module, exclude: list[str] | tuple[str, ...] = ()
+) -> dict[str, nn.Parameter]:
     """Weights of Conv/Linear layers in definition order, minus the excluded layers.
 
     ``exclude`` holds layer names (module paths), or the tokens ``first_conv`` / ``last_fc``.
@@ -65,8 +66,10 @@ def prunable_weights(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()
         elif token in layer.values():
             skip.update(n for n, lay in layer.items() if lay == token)
         else:
-            raise RecipeError(f"compress.prune.exclude: no prunable layer named '{token}' "
-                              f"(layers: {', '.join(sorted(layer.values()))})")
+            raise RecipeError(
+                f"compress.prune.exclude: no prunable layer named '{token}' "
+                f"(layers: {', '.join(sorted(layer.values()))})"
+            )
     return {n: p for n, p in params if n not in skip}
 
 
@@ -84,7 +87,9 @@ class BlockLayout:
 
 
 @torch.no_grad()
-def fc_column_orders(model: nn.Module, input_shape: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+def fc_column_orders(
+    model: nn.Module, input_shape: tuple[int, int, int]
+) -> dict[str, torch.Tensor]:
     """For each Linear fed by the flatten of an [N, C, H, W] map (H * W > 1): its columns in
     the NHWC order the TFLite weight has. Found by one batch-1 forward pass with hooks: the
     last 4-D activation before the Linear with C * H * W == in_features is taken as its source.
@@ -102,7 +107,10 @@ def fc_column_orders(model: nn.Module, input_shape: tuple[int, int, int]) -> dic
             src = next((s for s in reversed(last4d) if s[1] * s[2] * s[3] == m.in_features), None)
             if src is not None and src[2] * src[3] > 1:
                 c, h, w = src[1], src[2], src[3]
-                orders[f"{name}.weight"] = torch.arange(c * h * w).view(c, h, w).permute(1, 2, 0).reshape(-1)
+                orders[f"{name}.weight"] = (
+                    torch.arange(c * h * w).view(c, h, w).permute(1, 2, 0).reshape(-1)
+                )
+
         return hook
 
     for name, m in model.named_modules():
@@ -125,8 +133,9 @@ def fc_column_orders(model: nn.Module, input_shape: tuple[int, int, int]) -> dic
     return orders
 
 
-def block_layout(model: nn.Module, block: list[int] | tuple[int, int],
-                 input_shape: tuple[int, int, int] | None) -> BlockLayout | None:
+def block_layout(
+    model: nn.Module, block: list[int] | tuple[int, int], input_shape: tuple[int, int, int] | None
+) -> BlockLayout | None:
     """The layout for ``block`` (None when unstructured)."""
     r, c = int(block[0]), int(block[1])
     if (r, c) == (1, 1):
@@ -144,7 +153,9 @@ def _block_scores(w: torch.Tensor, name: str, layout: BlockLayout) -> torch.Tens
     return a.view(o // r, r, i // c, c).mean(dim=(1, 3)).flatten()
 
 
-def _expand_blocks(keep: torch.Tensor, w: torch.Tensor, name: str, layout: BlockLayout) -> torch.Tensor:
+def _expand_blocks(
+    keep: torch.Tensor, w: torch.Tensor, name: str, layout: BlockLayout
+) -> torch.Tensor:
     """Per-block keep flags -> an element keep-mask in the torch column order."""
     r, c = layout.block
     o, i = w.shape
@@ -166,8 +177,9 @@ def _units(weights: dict[str, torch.Tensor], layout: BlockLayout | None):
             yield n, w.abs().flatten(), 1
 
 
-def _to_mask(keep: torch.Tensor, w: torch.Tensor, n: str, size: int,
-             layout: BlockLayout | None) -> torch.Tensor:
+def _to_mask(
+    keep: torch.Tensor, w: torch.Tensor, n: str, size: int, layout: BlockLayout | None
+) -> torch.Tensor:
     return keep.view_as(w) if size == 1 else _expand_blocks(keep, w, n, layout)
 
 
@@ -181,9 +193,14 @@ def _smallest_k_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def magnitude_masks(weights: dict[str, torch.Tensor], *, sparsity: float | None = None,
-                    threshold: float | None = None, scope: str = "global",
-                    layout: BlockLayout | None = None) -> dict[str, torch.Tensor]:
+def magnitude_masks(
+    weights: dict[str, torch.Tensor],
+    *,
+    sparsity: float | None = None,
+    threshold: float | None = None,
+    scope: str = "global",
+    layout: BlockLayout | None = None,
+) -> dict[str, torch.Tensor]:
     """Keep-masks (True = keep) from |w|.
 
     With ``sparsity``, exactly round(sparsity * n) weights are zeroed, over all layers together
@@ -199,8 +216,12 @@ def magnitude_masks(weights: dict[str, torch.Tensor], *, sparsity: float | None 
     if threshold is not None:
         return {n: _to_mask(sc >= threshold, weights[n], n, size, layout) for n, sc, size in units}
     if scope == "layer":
-        return {n: _to_mask(_smallest_k_mask(sc, round(sparsity * sc.numel())), weights[n], n,
-                            size, layout) for n, sc, size in units}
+        return {
+            n: _to_mask(
+                _smallest_k_mask(sc, round(sparsity * sc.numel())), weights[n], n, size, layout
+            )
+            for n, sc, size in units
+        }
     if all(size == 1 for _, _, size in units):  # the unstructured path, exactly as before
         flat = torch.cat([sc for _, sc, _ in units])
         keep = _smallest_k_mask(flat, round(sparsity * flat.numel()))
@@ -214,18 +235,29 @@ def magnitude_masks(weights: dict[str, torch.Tensor], *, sparsity: float | None 
         keep[order[:count]] = False
     masks, start = {}, 0
     for n, sc, size in units:
-        masks[n] = _to_mask(keep[start:start + sc.numel()], weights[n], n, size, layout)
+        masks[n] = _to_mask(keep[start : start + sc.numel()], weights[n], n, size, layout)
         start += sc.numel()
     return masks
 
 
-def prune_model(model: nn.Module, *, sparsity: float | None = None, threshold: float | None = None,
-                scope: str = "global", exclude: list[str] | tuple[str, ...] = (),
-                layout: BlockLayout | None = None) -> MaskSet:
+def prune_model(
+    model: nn.Module,
+    *,
+    sparsity: float | None = None,
+    threshold: float | None = None,
+    scope: str = "global",
+    exclude: list[str] | tuple[str, ...] = (),
+    layout: BlockLayout | None = None,
+) -> MaskSet:
     """Zero weights in place and return the masks that keep them zero."""
     weights = prunable_weights(model, exclude)
-    masks = magnitude_masks({n: p.detach() for n, p in weights.items()},
-                            sparsity=sparsity, threshold=threshold, scope=scope, layout=layout)
+    masks = magnitude_masks(
+        {n: p.detach() for n, p in weights.items()},
+        sparsity=sparsity,
+        threshold=threshold,
+        scope=scope,
+        layout=layout,
+    )
     mask_set = MaskSet(weights, masks)
     mask_set.apply()
     return mask_set
@@ -245,7 +277,13 @@ def layer_sparsity(model: nn.Module) -> list[dict]:
     for name, p in _weight_params(model):
         w = p.detach()
         zeros = int((w == 0).sum())
-        rows.append({"name": name[: -len(".weight")], "kind": "Linear" if w.dim() == 2 else "Conv",
-                     "params": int(w.numel()), "zeros": zeros,
-                     "sparsity": zeros / max(1, w.numel())})
+        rows.append(
+            {
+                "name": name[: -len(".weight")],
+                "kind": "Linear" if w.dim() == 2 else "Conv",
+                "params": int(w.numel()),
+                "zeros": zeros,
+                "sparsity": zeros / max(1, w.numel()),
+            }
+        )
     return rows

@@ -7,8 +7,9 @@ from torch import nn
 
 
 @torch.no_grad()
-def round_to_grid(weights: dict[str, nn.Parameter], *, step: float | None = None,
-                  bits: int | None = None) -> dict[str, float]:
+def round_to_grid(
+    weights: dict[str, nn.Parameter], *, step: float | None = None, bits: int | None = None
+) -> dict[str, float]:
     """Round each weight tensor in place; return the step used per tensor.
 
     With ``bits``, each layer gets alpha = max|w| / (2^(bits-1) - 1), a symmetric grid of

@@ -38,8 +38,9 @@ def set_mode(module: nn.Module, training: bool) -> nn.Module:
     return module
 
 
-def _call_factory(factory, spec: str, in_channels: int, image_size: tuple[int, int],
-                  num_classes: int) -> nn.Module:
+def _call_factory(
+    factory, spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int
+) -> nn.Module:
     """Call the factory, passing only the sizing arguments its signature names."""
     offered = {"in_channels": in_channels, "image_size": image_size, "num_classes": num_classes}
     try:
@@ -53,8 +54,9 @@ def _call_factory(factory, spec: str, in_channels: int, image_size: tuple[int, i
     except Exception as exc:  # the user's code: any failure is reported, not re-raised
         raise ModelLoadError(f"model factory '{spec}' raised {type(exc).__name__}: {exc}") from None
     if not isinstance(module, nn.Module):
-        raise ModelLoadError(f"model factory '{spec}' returned {type(module).__name__}, "
-                             "not a torch.nn.Module")
+        raise ModelLoadError(
+            f"model factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module"
+        )
     return module
 
 
@@ -96,8 +98,9 @@ def _load_exported_program(path: Path) -> nn.Module:
     try:
         program = torch.export.load(str(path))
     except Exception as exc:  # torch raises many types for a bad archive
-        raise InputFileError(f"{path}: not a readable torch.export program "
-                             f"({type(exc).__name__})") from None
+        raise InputFileError(
+            f"{path}: not a readable torch.export program ({type(exc).__name__})"
+        ) from None
     finally:
         log.setLevel(level)
     module = program.module()
@@ -123,15 +126,17 @@ class _PerSample(nn.Module):
         return self
 
     def forward(self, x):
-        return torch.cat([self.program(x[i:i + 1]) for i in range(x.shape[0])])
+        return torch.cat([self.program(x[i : i + 1]) for i in range(x.shape[0])])
 
 
-def load_model(spec: str, in_channels: int, image_size: tuple[int, int],
-               num_classes: int) -> LoadedModel:
+def load_model(
+    spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int
+) -> LoadedModel:
     """Resolve ``spec``; sizes come from the data so built-ins fit any data set."""
     if spec in BUILTIN:
-        module = BUILTIN[spec](in_channels=in_channels, image_size=image_size,
-                               num_classes=num_classes)
+        module = BUILTIN[spec](
+            in_channels=in_channels, image_size=image_size, num_classes=num_classes
+        )
         return LoadedModel(spec, module)
     path = Path(spec)
     if path.suffix == ".onnx":
@@ -142,8 +147,10 @@ def load_model(spec: str, in_channels: int, image_size: tuple[int, int],
         return LoadedModel(spec, _load_exported_program(path))
     if ":" not in spec:
         known = ", ".join(BUILTIN)
-        raise ModelLoadError(f"unknown model '{spec}' (built-in: {known}; or file.py:Factory, "
-                             "module:Factory, .pt2, .onnx)")
+        raise ModelLoadError(
+            f"unknown model '{spec}' (built-in: {known}; or file.py:Factory, "
+            "module:Factory, .pt2, .onnx)"
+        )
     factory = _import_factory(spec)
     return LoadedModel(spec, _call_factory(factory, spec, in_channels, image_size, num_classes))
 
@@ -157,14 +164,20 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch's message is a paragraph; the line naming the blocked global/opcode is what matters.
-        detail = [ln.strip() for ln in str(exc).splitlines()
-                  if "GLOBAL" in ln or ln.strip().startswith("Unsupported")]
+        detail = [
+            ln.strip()
+            for ln in str(exc).splitlines()
+            if "GLOBAL" in ln or ln.strip().startswith("Unsupported")
+        ]
         why = detail[0] if detail else "not a plain state_dict"
-        raise InputFileError(f"{path}: refused by torch.load(weights_only=True): {why} "
-                             "(only state_dicts of tensors are loaded; code is never run)") from None
+        raise InputFileError(
+            f"{path}: refused by torch.load(weights_only=True): {why} "
+            "(only state_dicts of tensors are loaded; code is never run)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InputFileError(f"{path}: not a readable torch weights file "
-                             f"({type(exc).__name__})") from None
+        raise InputFileError(
+            f"{path}: not a readable torch weights file ({type(exc).__name__})"
+        ) from None
     for key in ("state_dict", "model_state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -180,8 +193,10 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
     if unexpected:
         problems.append(f"unexpected keys: {', '.join(unexpected)}")
     if wrong:
-        problems.append("wrong shapes: " + ", ".join(
-            f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in wrong))
+        problems.append(
+            "wrong shapes: "
+            + ", ".join(f"{k} {list(state[k].shape)} vs model {list(own[k].shape)}" for k in wrong)
+        )
     if problems:
         raise ModelLoadError(f"{path} does not match the model: {'; '.join(problems)}")
     module.load_state_dict(state, strict=True)

@@ -57,6 +57,7 @@ class PackageResult:
 
 # ----- choosing what to ship ---------------------------------------------------------------
 
+
 def _load_report(out_dir: Path) -> dict[str, Any]:
     path = out_dir / _REPORT
     if not out_dir.is_dir() or not path.is_file():
@@ -74,18 +75,24 @@ def _held_budgets(row: dict[str, Any]) -> bool:
 def _named_choice(report: dict[str, Any]) -> str | None:
     """The artifact a report or recipe names for deployment, if a later version adds one."""
     recipe_pkg = report.get("recipe", {}).get("package", {})
-    named = report.get("chosen_artifact") or (recipe_pkg.get("artifact")
-                                              if isinstance(recipe_pkg, dict) else None)
+    named = report.get("chosen_artifact") or (
+        recipe_pkg.get("artifact") if isinstance(recipe_pkg, dict) else None
+    )
     return named if isinstance(named, str) else None
 
 
 def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> dict[str, Any]:
     """The report row of the TFLite artifact to ship (see docs/package_manifest.md)."""
-    rows = [r for r in report.get("artifacts", [])
-            if r.get("format") == "tflite" and (out_dir / r["path"]).is_file()]
+    rows = [
+        r
+        for r in report.get("artifacts", [])
+        if r.get("format") == "tflite" and (out_dir / r["path"]).is_file()
+    ]
     if not rows:
-        raise PackageError(f"{out_dir} has no TFLite artifact to package "
-                           "(the recipe's export.formats must include tflite)")
+        raise PackageError(
+            f"{out_dir} has no TFLite artifact to package "
+            "(the recipe's export.formats must include tflite)"
+        )
     named = _named_choice(report)
     for row in rows:
         if named and row["path"] == named:
@@ -97,8 +104,9 @@ def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> 
                 return row
     if ok:
         return ok[0]
-    raise PackageError(f"no TFLite artifact in {out_dir} held its budgets "
-                       "(use --allow-failed to package anyway)")
+    raise PackageError(
+        f"no TFLite artifact in {out_dir} held its budgets (use --allow-failed to package anyway)"
+    )
 
 
 def choose_onnx(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> tuple[str, dict]:
@@ -114,6 +122,7 @@ def choose_onnx(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> tu
 
 
 # ----- describing the models ---------------------------------------------------------------
+
 
 def _tflite_io(model: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     from ai_edge_litert.interpreter import Interpreter
@@ -137,16 +146,30 @@ def _tflite_spec(model: bytes, row: dict[str, Any], norm: dict[str, Any]) -> dic
     scale, zp = _quant(inp)
     o_scale, o_zp = _quant(out)
     return {
-        "source": row["path"], "precision": row.get("precision"),
-        "input": {"name": inp["name"], "shape": shape, "layout": layout, "dtype": dtype,
-                  "scale": scale, "zero_point": zp, "mean": list(norm["mean"]),
-                  "std": list(norm["std"]), "color": _COLOR.get(channels, "UNKNOWN"),
-                  "pixel_range": [0, 255],
-                  # A uint8 input takes camera pixels as they are: the model normalizes.
-                  "normalization_in_model": dtype == "uint8"},
-        "output": {"name": out["name"], "shape": [int(d) for d in out["shape"]],
-                   "dtype": np.dtype(out["dtype"]).name, "scale": o_scale,
-                   "zero_point": o_zp, "kind": "logits"},
+        "source": row["path"],
+        "precision": row.get("precision"),
+        "input": {
+            "name": inp["name"],
+            "shape": shape,
+            "layout": layout,
+            "dtype": dtype,
+            "scale": scale,
+            "zero_point": zp,
+            "mean": list(norm["mean"]),
+            "std": list(norm["std"]),
+            "color": _COLOR.get(channels, "UNKNOWN"),
+            "pixel_range": [0, 255],
+            # A uint8 input takes camera pixels as they are: the model normalizes.
+            "normalization_in_model": dtype == "uint8",
+        },
+        "output": {
+            "name": out["name"],
+            "shape": [int(d) for d in out["shape"]],
+            "dtype": np.dtype(out["dtype"]).name,
+            "scale": o_scale,
+            "zero_point": o_zp,
+            "kind": "logits",
+        },
     }
 
 
@@ -157,25 +180,25 @@ def _ort_spec(model: bytes, source: str, row: dict[str, Any], opset: int | None)
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     kind = inp.type.removeprefix("tensor(").removesuffix(")")
     dtype = {"float": "float32", "double": "float64"}.get(kind, kind)
-    return {"source": source, "precision": row.get("precision", source.split(".")[1]),
-            "opset": opset,
-            "input": {"name": inp.name, "shape": list(inp.shape), "layout": "nchw",
-                      "dtype": dtype},
-            "output": {"name": out.name, "shape": list(out.shape), "kind": "logits"}}
+    return {
+        "source": source,
+        "precision": row.get("precision", source.split(".")[1]),
+        "opset": opset,
+        "input": {"name": inp.name, "shape": list(inp.shape), "layout": "nchw", "dtype": dtype},
+        "output": {"name": out.name, "shape": list(out.shape), "kind": "logits"},
+    }
 
 
 def _onnx_opset(path: Path) -> int | None:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                None)
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
 def _metadata_for(name: str, spec: dict[str, Any], classes: list[str], report: dict) -> ModelMeta:
     inp = spec["input"]
-    h, w, c = (inp["shape"][1:4] if inp["layout"] == "nhwc"
-               else [inp["shape"][i] for i in (2, 3, 1)])
+    h, w, c = inp["shape"][1:4] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (2, 3, 1)]
     if inp["normalization_in_model"]:
         mean, std = (0.0,) * c, (1.0,) * c
         lo, hi = (0.0,) * c, (255.0,) * c
@@ -187,21 +210,33 @@ def _metadata_for(name: str, spec: dict[str, Any], classes: list[str], report: d
     return ModelMeta(
         name=name,
         description=f"{report['model']['spec']} image classifier ({len(classes)} classes), "
-                    f"{spec['precision']} TFLite validated by edgepack on "
-                    f"{report['target']['name']}",
-        version=__version__, author="edgepack", license="Apache-2.0",
+        f"{spec['precision']} TFLite validated by edgepack on "
+        f"{report['target']['name']}",
+        version=__version__,
+        author="edgepack",
+        license="Apache-2.0",
         input=ImageInputMeta(
-            name="image", description=f"{h}x{w} {_COLOR.get(c, 'UNKNOWN')} image",
-            color_space=_COLOR.get(c, "UNKNOWN"), width=int(w), height=int(h),
-            mean=mean, std=std, stats_min=lo, stats_max=hi),
+            name="image",
+            description=f"{h}x{w} {_COLOR.get(c, 'UNKNOWN')} image",
+            color_space=_COLOR.get(c, "UNKNOWN"),
+            width=int(w),
+            height=int(h),
+            mean=mean,
+            std=std,
+            stats_min=lo,
+            stats_max=hi,
+        ),
         output=ClassifierOutputMeta(
-            name="logits", description="unnormalized class scores (apply softmax for "
-                                       "probabilities)",
-            labels_file=LABELS, labels_description="class names, one per line"),
+            name="logits",
+            description="unnormalized class scores (apply softmax for probabilities)",
+            labels_file=LABELS,
+            labels_description="class names, one per line",
+        ),
     )
 
 
 # ----- files -------------------------------------------------------------------------------
+
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     """An .npz whose bytes depend only on the arrays (np.savez stamps the current time)."""
@@ -218,8 +253,7 @@ def _samples(out_dir: Path) -> bytes | None:
     if not path.is_file():
         return None
     with np.load(path) as batch:
-        arrays = {k: batch[k][:SAMPLE_COUNT] for k in ("inputs", "images", "labels")
-                  if k in batch}
+        arrays = {k: batch[k][:SAMPLE_COUNT] for k in ("inputs", "images", "labels") if k in batch}
     return _npz_bytes(arrays) if "inputs" in arrays else None
 
 
@@ -235,13 +269,24 @@ def _version(dist: str) -> str | None:
 
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("accuracy", "accuracy_drop", "agreement", "latency_ms", "runtime",
-            "runtime_version", "delegate", "bytes", "status", "budgets")
+    keys = (
+        "accuracy",
+        "accuracy_drop",
+        "agreement",
+        "latency_ms",
+        "runtime",
+        "runtime_version",
+        "delegate",
+        "bytes",
+        "status",
+        "budgets",
+    )
     return {"artifact": row.get("path"), **{k: row.get(k) for k in keys}}
 
 
-def build_files(out_dir: Path, platform: str, allow_failed: bool = False
-                ) -> tuple[dict[str, bytes], dict[str, Any], float]:
+def build_files(
+    out_dir: Path, platform: str, allow_failed: bool = False
+) -> tuple[dict[str, bytes], dict[str, Any], float]:
     """Every file of the package (name -> bytes), the manifest, and the ORT conversion time."""
     if platform not in PLATFORMS:
         raise PackageError(f"unknown platform {platform!r} (one of: {', '.join(PLATFORMS)})")
@@ -249,16 +294,17 @@ def build_files(out_dir: Path, platform: str, allow_failed: bool = False
     passed = bool(report.get("passed"))
     if not passed and not allow_failed:
         reasons = "; ".join(report.get("reasons", [])) or "validation failed"
-        raise PackageError(f"{out_dir} failed validation ({reasons}); "
-                           "use --allow-failed to package it anyway")
+        raise PackageError(
+            f"{out_dir} failed validation ({reasons}); use --allow-failed to package it anyway"
+        )
     classes = report.get("model", {}).get("classes") or []
     if not classes:
-        raise PackageError(f"{out_dir / _REPORT} has no class names (model.classes): "
-                           "labels.txt cannot be written")
+        raise PackageError(
+            f"{out_dir / _REPORT} has no class names (model.classes): labels.txt cannot be written"
+        )
     norm = report.get("data", {}).get("normalization") or {}
     if not norm.get("mean") or not norm.get("std"):
-        raise PackageError(f"{out_dir / _REPORT} has no input normalization "
-                           "(data.normalization)")
+        raise PackageError(f"{out_dir / _REPORT} has no input normalization (data.normalization)")
     row = choose_tflite(report, out_dir, allow_failed)
     onnx_name, onnx_row = choose_onnx(report, out_dir, allow_failed)
 
@@ -272,8 +318,12 @@ def build_files(out_dir: Path, platform: str, allow_failed: bool = False
     ort_spec = _ort_spec(ort_result.model, onnx_name, onnx_row, _onnx_opset(out_dir / onnx_name))
     ort_spec["deterministic_conversion"] = ort_result.deterministic
 
-    files: dict[str, bytes] = {TFLITE: tflite, ORT_MODEL: ort_result.model,
-                               ORT_CONFIG: ort_result.config.encode(), LABELS: labels}
+    files: dict[str, bytes] = {
+        TFLITE: tflite,
+        ORT_MODEL: ort_result.model,
+        ORT_CONFIG: ort_result.config.encode(),
+        LABELS: labels,
+    }
     samples = _samples(out_dir)
     if samples is not None:
         files[SAMPLES] = samples
@@ -286,29 +336,37 @@ def build_files(out_dir: Path, platform: str, allow_failed: bool = False
         "classes": [str(c) for c in classes],
         "models": {TFLITE: tflite_spec, ORT_MODEL: ort_spec},
         "validation": {
-            "passed": passed, "reasons": report.get("reasons", []),
-            "target": target.get("name"), "device": target.get("device"),
+            "passed": passed,
+            "reasons": report.get("reasons", []),
+            "target": target.get("name"),
+            "device": target.get("device"),
             "cpu": report.get("cpu", {}).get("model"),
             "reference_accuracy": report.get("reference", {}).get("accuracy"),
-            "tflite": _summary(row), "ort": _summary(onnx_row) if onnx_row else None,
+            "tflite": _summary(row),
+            "ort": _summary(onnx_row) if onnx_row else None,
         },
         "versions": {
-            "edgepack": __version__, "edgepack_run": report.get("edgepack_version"),
-            "onnxruntime": _version("onnxruntime"), "ai-edge-litert": _version("ai-edge-litert"),
+            "edgepack": __version__,
+            "edgepack_run": report.get("edgepack_version"),
+            "onnxruntime": _version("onnxruntime"),
+            "ai-edge-litert": _version("ai-edge-litert"),
             "validated_with": report.get("runtimes", {}),
-            "opset": ort_spec["opset"], "tflite_metadata": "1.0.0",
+            "opset": ort_spec["opset"],
+            "tflite_metadata": "1.0.0",
         },
     }
     # USAGE.md reads the manifest, and the manifest lists USAGE.md: hash it last.
     files[USAGE] = render_usage(manifest, platform).encode()
-    manifest["files"] = {n: {"sha256": _sha(files[n]), "bytes": len(files[n])}
-                         for n in sorted(files)}
+    manifest["files"] = {
+        n: {"sha256": _sha(files[n]), "bytes": len(files[n])} for n in sorted(files)
+    }
     files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files, manifest, ort_result.seconds
 
 
-def package_dir(out_dir: str | Path, platform: str, *, force: bool = False,
-                allow_failed: bool = False) -> PackageResult:
+def package_dir(
+    out_dir: str | Path, platform: str, *, force: bool = False, allow_failed: bool = False
+) -> PackageResult:
     """Write ``out_dir/package/<platform>/`` and ``out_dir/<name>-<platform>.zip``."""
     out_dir = Path(out_dir)
     pkg = out_dir / "package" / platform
@@ -327,8 +385,10 @@ def package_dir(out_dir: str | Path, platform: str, *, force: bool = False,
 
 # ----- verification ------------------------------------------------------------------------
 
-def _tflite_inputs(samples: dict[str, np.ndarray], detail: dict[str, Any], layout: str
-                   ) -> np.ndarray:
+
+def _tflite_inputs(
+    samples: dict[str, np.ndarray], detail: dict[str, Any], layout: str
+) -> np.ndarray:
     x = samples["inputs"].astype(np.float32)  # normalized, NCHW, as eval_batch.npz holds it
     if layout == "nhwc":
         x = x.transpose(0, 2, 3, 1)
@@ -368,17 +428,19 @@ def _run_models(files: dict[str, bytes], manifest: dict[str, Any]) -> dict[str, 
     x_tfl = _tflite_inputs(samples, inp, spec["input"]["layout"])
     tfl, orl = [], []
     for i in range(len(samples["inputs"])):
-        interp.set_tensor(inp["index"], x_tfl[i:i + 1])
+        interp.set_tensor(inp["index"], x_tfl[i : i + 1])
         interp.invoke()
         tfl.append(_dequant(interp.get_tensor(out["index"]), out))
-        orl.append(sess.run(None, {o_in.name: samples["inputs"][i:i + 1].astype(np.float32)})[0])
+        orl.append(sess.run(None, {o_in.name: samples["inputs"][i : i + 1].astype(np.float32)})[0])
     tfl_logits, ort_logits = np.concatenate(tfl), np.concatenate(orl)
     if not (np.isfinite(tfl_logits).all() and np.isfinite(ort_logits).all()):
         raise PackageError("a packaged model produced non-finite outputs")
     classes = len(manifest["classes"])
     if tfl_logits.shape[1] != classes or ort_logits.shape[1] != classes:
-        raise PackageError(f"model outputs {tfl_logits.shape[1]} / {ort_logits.shape[1]} "
-                           f"scores but labels.txt has {classes} classes")
+        raise PackageError(
+            f"model outputs {tfl_logits.shape[1]} / {ort_logits.shape[1]} "
+            f"scores but labels.txt has {classes} classes"
+        )
     agree = float((tfl_logits.argmax(1) == ort_logits.argmax(1)).mean())
     result = {"inputs": source, "samples": len(tfl_logits), "tflite_ort_agreement": agree}
     if "labels" in samples:
@@ -406,12 +468,16 @@ def verify_zip(path: str | Path, run_models: bool = True) -> dict[str, Any]:
         raise PackageError(f"{path}: {MANIFEST} unreadable ({exc})") from None
     missing = sorted(set(listed) - set(files))
     extra = sorted(set(files) - set(listed) - {MANIFEST})
-    altered = sorted(n for n in set(listed) & set(files)
-                     if _sha(files[n]) != listed[n].get("sha256")
-                     or len(files[n]) != listed[n].get("bytes"))
-    problems = ([f"altered (sha256 mismatch): {', '.join(altered)}"] if altered else []) + \
-               ([f"missing: {', '.join(missing)}"] if missing else []) + \
-               ([f"extra (not in the manifest): {', '.join(extra)}"] if extra else [])
+    altered = sorted(
+        n
+        for n in set(listed) & set(files)
+        if _sha(files[n]) != listed[n].get("sha256") or len(files[n]) != listed[n].get("bytes")
+    )
+    problems = (
+        ([f"altered (sha256 mismatch): {', '.join(altered)}"] if altered else [])
+        + ([f"missing: {', '.join(missing)}"] if missing else [])
+        + ([f"extra (not in the manifest): {', '.join(extra)}"] if extra else [])
+    )
     if problems:
         raise PackageError(f"{path} fails verification: " + "; ".join(problems))
     for required in (TFLITE, ORT_MODEL, LABELS):

@@ -138,8 +138,9 @@ def _output_tensor(b: flatbuffers.Builder, m: ClassifierOutputMeta) -> int:
     b.PrependUint8Slot(0, _CONTENT_FEATURE, 0)
     b.PrependUOffsetTRelativeSlot(1, feature, 0)
     content = b.EndObject()
-    files = _offset_vector(b, [_associated_file(b, m.labels_file, m.labels_description,
-                                                 TENSOR_AXIS_LABELS)])
+    files = _offset_vector(
+        b, [_associated_file(b, m.labels_file, m.labels_description, TENSOR_AXIS_LABELS)]
+    )
     name, desc = b.CreateString(m.name), b.CreateString(m.description)
     b.StartObject(7)  # TensorMetadata
     b.PrependUOffsetTRelativeSlot(0, name, 0)
@@ -161,8 +162,17 @@ def build_metadata(meta: ModelMeta) -> bytes:
     b.PrependUOffsetTRelativeSlot(3, outputs, 0)
     subgraph = b.EndObject()
     subgraphs = _offset_vector(b, [subgraph])
-    strings = [b.CreateString(s) for s in (meta.name, meta.description, meta.version,
-                                           meta.author, meta.license, MIN_PARSER_VERSION)]
+    strings = [
+        b.CreateString(s)
+        for s in (
+            meta.name,
+            meta.description,
+            meta.version,
+            meta.author,
+            meta.license,
+            MIN_PARSER_VERSION,
+        )
+    ]
     name, desc, version, author, lic, parser = strings
     b.StartObject(8)  # ModelMetadata
     b.PrependUOffsetTRelativeSlot(0, name, 0)

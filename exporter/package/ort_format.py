@@ -60,8 +60,9 @@ _LAUNCHER = (
 )
 
 
-def convert_to_ort(onnx_path: Path, target_platform: str = "arm",
-                   timeout_s: float = _TIMEOUT_S) -> OrtConversion:
+def convert_to_ort(
+    onnx_path: Path, target_platform: str = "arm", timeout_s: float = _TIMEOUT_S
+) -> OrtConversion:
     """Convert ``onnx_path`` with fixed (build-time) optimizations for ``target_platform``."""
     deterministic = _can_disable_aslr()
     with tempfile.TemporaryDirectory(prefix="edgepack-ort-") as scratch:
@@ -69,31 +70,54 @@ def convert_to_ort(onnx_path: Path, target_platform: str = "arm",
         # A copy under a fixed name: the converter writes temporaries beside its input, and
         # the input's path would otherwise reach the config file and the memory layout.
         shutil.copyfile(onnx_path, work / "model.onnx")
-        convert = ["-m", "onnxruntime.tools.convert_onnx_models_to_ort", "model.onnx",
-                   "--output_dir", "ort", "--target_platform", target_platform,
-                   "--optimization_style", "Fixed"]
-        cmd = ([sys.executable, "-c", _LAUNCHER, *convert] if deterministic
-               else [sys.executable, *convert])
-        env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0",
-               "OMP_NUM_THREADS": "1", "LC_ALL": "C"}
+        convert = [
+            "-m",
+            "onnxruntime.tools.convert_onnx_models_to_ort",
+            "model.onnx",
+            "--output_dir",
+            "ort",
+            "--target_platform",
+            target_platform,
+            "--optimization_style",
+            "Fixed",
+        ]
+        cmd = (
+            [sys.executable, "-c", _LAUNCHER, *convert]
+            if deterministic
+            else [sys.executable, *convert]
+        )
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONHASHSEED": "0",
+            "OMP_NUM_THREADS": "1",
+            "LC_ALL": "C",
+        }
         start = time.perf_counter()
         try:
-            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                cmd,
+                cwd=work,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired:
-            raise PackageError(f"ORT conversion of {onnx_path.name} took more than "
-                               f"{timeout_s:.0f} s") from None
+            raise PackageError(
+                f"ORT conversion of {onnx_path.name} took more than {timeout_s:.0f} s"
+            ) from None
         seconds = time.perf_counter() - start
         model, config = work / "ort" / "model.ort", work / "ort" / "model.required_operators.config"
         if proc.returncode != 0 or not model.is_file() or not config.is_file():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise PackageError(f"ORT conversion of {onnx_path.name} failed: {tail[0]}")
-        return OrtConversion(model.read_bytes(), _clean_config(config.read_text()), seconds,
-                             deterministic)
+        return OrtConversion(
+            model.read_bytes(), _clean_config(config.read_text()), seconds, deterministic
+        )
 
 
 def _clean_config(text: str) -> str:
     """The operator config without the scratch path the converter writes in its comment."""
-    lines = [f"# - {ORT_MODEL}" if line.startswith("# - ") else line
-             for line in text.splitlines()]
+    lines = [f"# - {ORT_MODEL}" if line.startswith("# - ") else line for line in text.splitlines()]
     return "\n".join(lines) + "\n"

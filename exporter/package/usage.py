@@ -38,8 +38,11 @@ def _header(m: dict[str, Any], platform: str) -> list[str]:
         f"| normalization | x = (pixel / 255 - mean) / std, mean {inp['mean']}, std {inp['std']}"
         + (" (done inside the model: feed raw pixels)" if inp["normalization_in_model"] else "")
         + " |",
-        ("| quantization | none (float input) |" if inp["scale"] is None else
-         f"| quantization | scale {inp['scale']}, zero point {inp['zero_point']} |"),
+        (
+            "| quantization | none (float input) |"
+            if inp["scale"] is None
+            else f"| quantization | scale {inp['scale']}, zero point {inp['zero_point']} |"
+        ),
         f"| output | `{out['name']}` {out['dtype']} {out['shape']}: {out['kind']} over "
         f"{len(m['classes'])} classes in `labels.txt` order |",
         "",
@@ -51,12 +54,13 @@ def _header(m: dict[str, Any], platform: str) -> list[str]:
 
 def _android(m: dict[str, Any]) -> list[str]:
     inp = m["models"]["model.tflite"]["input"]
-    n, h, w, c = inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
+    n, h, w, c = (
+        inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
+    )
     classes = len(m["classes"])
     ort_version = m["versions"]["onnxruntime"]
     uint8 = inp["dtype"] == "uint8"
-    put = ("buf.put(v.toByte())" if uint8 else
-           "buf.putFloat((v / 255f - MEAN[ch]) / STD[ch])")
+    put = "buf.put(v.toByte())" if uint8 else "buf.putFloat((v / 255f - MEAN[ch]) / STD[ch])"
     return [
         "## Android (Kotlin, LiteRT Interpreter)",
         "",
@@ -99,7 +103,7 @@ def _android(m: dict[str, Any]) -> list[str]:
         "}",
         "```",
         "",
-        "The Task Library (`ImageClassifier.createFromFile(context, \"model.tflite\")`) can use "
+        'The Task Library (`ImageClassifier.createFromFile(context, "model.tflite")`) can use '
         "the same file: its metadata carries the labels and normalization.",
         "",
         "### ONNX Runtime Mobile (model.ort)",
@@ -124,12 +128,17 @@ def _ort_input(m: dict[str, Any]) -> str:
 
 def _ios(m: dict[str, Any]) -> list[str]:
     inp = m["models"]["model.tflite"]["input"]
-    n, h, w, c = inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
+    n, h, w, c = (
+        inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
+    )
     uint8 = inp["dtype"] == "uint8"
-    feed = ("let data = Data(pixels)" if uint8 else
-            "let values: [Float32] = pixels.enumerated().map { i, p in\n"
-            f"    (Float32(p) / 255 - mean[i % {c}]) / std[i % {c}] }}\n"
-            "let data = values.withUnsafeBufferPointer { Data(buffer: $0) }")
+    feed = (
+        "let data = Data(pixels)"
+        if uint8
+        else "let values: [Float32] = pixels.enumerated().map { i, p in\n"
+        f"    (Float32(p) / 255 - mean[i % {c}]) / std[i % {c}] }}\n"
+        "let data = values.withUnsafeBufferPointer { Data(buffer: $0) }"
+    )
     return [
         "## iOS (Swift, TensorFlowLiteSwift Interpreter)",
         "",

@@ -21,8 +21,14 @@ FILE_MODE = 0o644
 def check_entry_name(name: str) -> None:
     """Refuse names that could escape the extraction folder or differ between platforms."""
     path = PurePosixPath(name)
-    if (not name or name.startswith("/") or "\\" in name or ":" in name
-            or any(part in ("", ".", "..") for part in name.split("/")) or path.is_absolute()):
+    if (
+        not name
+        or name.startswith("/")
+        or "\\" in name
+        or ":" in name
+        or any(part in ("", ".", "..") for part in name.split("/"))
+        or path.is_absolute()
+    ):
         raise PackageError(f"unsafe zip entry name {name!r}")
 
 
@@ -37,8 +43,12 @@ def _info(name: str, compress: int) -> zipfile.ZipInfo:
 def write_entries(zf: zipfile.ZipFile, files: Mapping[str, bytes], compress: int) -> None:
     for name in sorted(files):
         check_entry_name(name)
-        zf.writestr(_info(name, compress), files[name],
-                    compress_type=compress, compresslevel=9 if compress else None)
+        zf.writestr(
+            _info(name, compress),
+            files[name],
+            compress_type=compress,
+            compresslevel=9 if compress else None,
+        )
 
 
 def zip_bytes(files: Mapping[str, bytes], compress: int = zipfile.ZIP_DEFLATED) -> bytes:
@@ -78,5 +88,6 @@ def read_zip(data: bytes | str) -> dict[str, bytes]:
                 out[info.filename] = zf.read(info)
             return out
     except (zipfile.BadZipFile, OSError) as exc:
-        raise PackageError(f"{data if isinstance(data, str) else 'archive'}: not a readable "
-                           f"zip ({exc})") from None
+        raise PackageError(
+            f"{data if isinstance(data, str) else 'archive'}: not a readable zip ({exc})"
+        ) from None

@@ -39,13 +39,21 @@ class QuantOutcome:
 
     def to_dict(self) -> dict:
         s = self.settings
-        return {"method": s.method, "reduce_range": s.reduce_range,
-                "reduce_range_reason": self.reduce_range_reason, "per_channel": s.per_channel,
-                "float_layers": list(s.float_nodes), "fp32_tuning_accuracy":
-                self.fp32_tuning_accuracy, "attempts": self.attempts,
-                "calibration": self.calibration_note, "within_budget": self.within_budget, "sensitivity": self.sensitivity,
-                "first_divergence": self.first_divergence, "seconds": round(self.seconds, 2),
-                "qat": self.qat}
+        return {
+            "method": s.method,
+            "reduce_range": s.reduce_range,
+            "reduce_range_reason": self.reduce_range_reason,
+            "per_channel": s.per_channel,
+            "float_layers": list(s.float_nodes),
+            "fp32_tuning_accuracy": self.fp32_tuning_accuracy,
+            "attempts": self.attempts,
+            "calibration": self.calibration_note,
+            "within_budget": self.within_budget,
+            "sensitivity": self.sensitivity,
+            "first_divergence": self.first_divergence,
+            "seconds": round(self.seconds, 2),
+            "qat": self.qat,
+        }
 
 
 def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool, str]:
@@ -61,32 +69,53 @@ def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool
     if features & VNNI_FEATURES:
         found = ", ".join(sorted(features & VNNI_FEATURES))
         return False, f"x86 with {found}: int8 dot products do not saturate, full 8-bit weights"
-    return True, ("x86 without VNNI: ORT's u8s8 kernels saturate on 8-bit weights, "
-                  "so weights use 7 bits (reduce_range)")
+    return True, (
+        "x86 without VNNI: ORT's u8s8 kernels saturate on 8-bit weights, "
+        "so weights use 7 bits (reduce_range)"
+    )
 
 
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     return float((onnx_logits(path, x).argmax(1) == y).mean() * 100.0)
 
 
-def quantize_stage(fp32_path: Path, out_path: Path, spec: QuantizeSpec, *, calib_x: np.ndarray,
-                   tune_x: np.ndarray, tune_y: np.ndarray, device_kind: str,
-                   cpu: dict) -> QuantOutcome:
+def quantize_stage(
+    fp32_path: Path,
+    out_path: Path,
+    spec: QuantizeSpec,
+    *,
+    calib_x: np.ndarray,
+    tune_x: np.ndarray,
+    tune_y: np.ndarray,
+    device_kind: str,
+    cpu: dict,
+) -> QuantOutcome:
     """Search calibration methods and float fallbacks; write the chosen int8 model to out_path."""
     start = time.perf_counter()
     work = out_path.parent
     reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
     fp32_acc = _accuracy(fp32_path, tune_x, tune_y)
-    outcome = QuantOutcome(QuantSettings(spec.method, reduce_range, spec.per_channel), why,
-                           fp32_acc)
+    outcome = QuantOutcome(
+        QuantSettings(spec.method, reduce_range, spec.per_channel), why, fp32_acc
+    )
 
     def attempt(settings: QuantSettings) -> float:
-        quantize_onnx(fp32_path, out_path, settings, calib_inputs=calib_x,
-                      cache=calibration_cache(work, settings.method))
+        quantize_onnx(
+            fp32_path,
+            out_path,
+            settings,
+            calib_inputs=calib_x,
+            cache=calibration_cache(work, settings.method),
+        )
         acc = _accuracy(out_path, tune_x, tune_y)
-        outcome.attempts.append({"method": settings.method,
-                                 "float_layers": list(settings.float_nodes),
-                                 "tuning_accuracy": acc, "drop": fp32_acc - acc})
+        outcome.attempts.append(
+            {
+                "method": settings.method,
+                "float_layers": list(settings.float_nodes),
+                "tuning_accuracy": acc,
+                "drop": fp32_acc - acc,
+            }
+        )
         return fp32_acc - acc
 
     best: tuple[float, QuantSettings] | None = None
@@ -100,21 +129,32 @@ def quantize_stage(fp32_path: Path, out_path: Path, spec: QuantizeSpec, *, calib
             break
     drop, chosen = best
     if drop > spec.max_drop and spec.max_float_layers > 0:
-        quantize_onnx(fp32_path, out_path, chosen, calib_inputs=calib_x,
-                      cache=calibration_cache(work, chosen.method))
+        quantize_onnx(
+            fp32_path,
+            out_path,
+            chosen,
+            calib_inputs=calib_x,
+            cache=calibration_cache(work, chosen.method),
+        )
         rows = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
         ranked = most_sensitive_nodes(rows, spec.max_float_layers)
         for k in range(1, len(ranked) + 1):
-            settings = QuantSettings(chosen.method, reduce_range, spec.per_channel,
-                                     tuple(ranked[:k]))
+            settings = QuantSettings(
+                chosen.method, reduce_range, spec.per_channel, tuple(ranked[:k])
+            )
             d = attempt(settings)
             if d < drop:
                 drop, chosen = d, settings
             if d <= spec.max_drop:
                 break
     # Leave the chosen variant on disk (the last attempt may have been another one).
-    quantize_onnx(fp32_path, out_path, chosen, calib_inputs=calib_x,
-                  cache=calibration_cache(work, chosen.method))
+    quantize_onnx(
+        fp32_path,
+        out_path,
+        chosen,
+        calib_inputs=calib_x,
+        cache=calibration_cache(work, chosen.method),
+    )
     outcome.settings = chosen
     outcome.within_budget = drop <= spec.max_drop
     for a in outcome.attempts:

@@ -27,8 +27,11 @@ from onnxruntime.quantization import (
 
 from exporter.atomic import atomic_path
 
-METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-           "percentile": CalibrationMethod.Percentile}
+METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,9 @@ class _BatchReader(CalibrationDataReader):
     """Feeds calibration images one at a time, as the deployed model sees them (batch 1)."""
 
     def __init__(self, inputs: np.ndarray, input_name: str):
-        self._items: Iterator[dict] = iter({input_name: inputs[i:i + 1]} for i in range(len(inputs)))
+        self._items: Iterator[dict] = iter(
+            {input_name: inputs[i : i + 1]} for i in range(len(inputs))
+        )
 
     def get_next(self) -> dict | None:
         return next(self._items, None)
@@ -66,14 +71,23 @@ def calibration_cache(out_dir: Path, method: str) -> Path:
     return out_dir / f"calibration.{method}.json"
 
 
-def quantize_onnx(fp32_path: Path, out_path: Path, settings: QuantSettings, *,
-                  calib_inputs: np.ndarray | None, cache: Path, input_name: str = "input") -> Path:
+def quantize_onnx(
+    fp32_path: Path,
+    out_path: Path,
+    settings: QuantSettings,
+    *,
+    calib_inputs: np.ndarray | None,
+    cache: Path,
+    input_name: str = "input",
+) -> Path:
     """Write a QDQ int8 model. ``calib_inputs`` are needed only when ``cache`` does not exist yet."""
     fresh = not cache.is_file()
     reader = _BatchReader(calib_inputs, input_name) if fresh else None
     with atomic_path(out_path) as tmp, _quiet():
         quantize_static(
-            str(fp32_path), str(tmp), reader,
+            str(fp32_path),
+            str(tmp),
+            reader,
             quant_format=QuantFormat.QDQ,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,

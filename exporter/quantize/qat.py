@@ -69,8 +69,11 @@ def fold_batchnorms(model: nn.Module, probe: torch.Tensor) -> int:
     folded = 0
     leaves = _leaves(model)
     for (conv_name, conv), (bn_name, bn) in zip(leaves, leaves[1:], strict=False):
-        if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-                and conv.out_channels == bn.num_features):
+        if not (
+            isinstance(conv, nn.Conv2d)
+            and isinstance(bn, nn.BatchNorm2d)
+            and conv.out_channels == bn.num_features
+        ):
             continue
         before = model(probe)
         _replace(model, conv_name, fuse_conv_bn_eval(conv, bn))
@@ -91,8 +94,9 @@ class _WeightFakeQuant(nn.Module):
         absmax = w.detach().abs().amax(dim=tuple(range(1, w.dim())))
         scale = (absmax / WEIGHT_LEVELS).clamp_min(1e-12).float()
         zero = torch.zeros(len(scale), dtype=torch.int32)
-        return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -WEIGHT_LEVELS,
-                                                      WEIGHT_LEVELS)
+        return torch.fake_quantize_per_channel_affine(
+            w, scale, zero, 0, -WEIGHT_LEVELS, WEIGHT_LEVELS
+        )
 
 
 class _ActivationFakeQuant:
@@ -131,14 +135,22 @@ def _activation_points(model: nn.Module) -> list[nn.Module]:
     points = []
     for i, m in enumerate(leaves):
         nxt = leaves[i + 1] if i + 1 < len(leaves) else None
-        if isinstance(m, _ACTIVATIONS) or (isinstance(m, _WEIGHTED)
-                                            and not isinstance(nxt, _ACTIVATIONS)):
+        if isinstance(m, _ACTIVATIONS) or (
+            isinstance(m, _WEIGHTED) and not isinstance(nxt, _ACTIVATIONS)
+        ):
             points.append(m)
     return points
 
 
-def qat_finetune(model: nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg: TrainConfig,
-                 calib_x: np.ndarray, *, progress: Progress | None = None) -> QatResult:
+def qat_finetune(
+    model: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    cfg: TrainConfig,
+    calib_x: np.ndarray,
+    *,
+    progress: Progress | None = None,
+) -> QatResult:
     """Fine-tune ``model`` in place with int8 simulated; leaves its weights on the int8 grid."""
     folded = fold_batchnorms(model, torch.from_numpy(calib_x[:32]))
     weighted = [m for _, m in _leaves(model) if isinstance(m, _WEIGHTED)]
@@ -151,11 +163,13 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg
 
     def attach(module: nn.Module, fq: _ActivationFakeQuant, *, on_input: bool) -> None:
         if on_input:
-            hooks.append(module.register_forward_pre_hook(
-                lambda mod, args: (fq(args[0], mod.training), *args[1:])))
+            hooks.append(
+                module.register_forward_pre_hook(
+                    lambda mod, args: (fq(args[0], mod.training), *args[1:])
+                )
+            )
         else:
-            hooks.append(module.register_forward_hook(
-                lambda mod, args, out: fq(out, mod.training)))
+            hooks.append(module.register_forward_hook(lambda mod, args, out: fq(out, mod.training)))
         quantizers.append(fq)
 
     attach(model, _ActivationFakeQuant(), on_input=True)
@@ -168,7 +182,7 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg
         set_mode(model, training=False)
         with torch.no_grad():
             for i in range(0, len(calib_x), 256):
-                model(torch.from_numpy(calib_x[i:i + 256]))
+                model(torch.from_numpy(calib_x[i : i + 256]))
         for fq in quantizers:
             fq.calibrating = False
 
@@ -181,8 +195,9 @@ def qat_finetune(model: nn.Module, train_x: np.ndarray, train_y: np.ndarray, cfg
         frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         for bn in frozen:
             bn.momentum = 0.0
-        loss = train(model, train_x, train_y, cfg, after_step=keep_zeros, progress=progress,
-                     label="QAT")
+        loss = train(
+            model, train_x, train_y, cfg, after_step=keep_zeros, progress=progress, label="QAT"
+        )
     finally:
         for h in hooks:
             h.remove()

@@ -15,8 +15,20 @@ import onnx
 
 from exporter.onnx_io import onnx_session, run_batched
 
-LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Mul", "Concat",
-             "GlobalAveragePool", "AveragePool", "MaxPool", "ReduceMean", "Softmax"}
+LAYER_OPS = {
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Mul",
+    "Concat",
+    "GlobalAveragePool",
+    "AveragePool",
+    "MaxPool",
+    "ReduceMean",
+    "Softmax",
+}
 # ORT's quantizer folds these into the layer before them, which then owns their output name.
 FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh"}
 # Below this SNR (dB) a layer's int8 output is called diverging.
@@ -50,16 +62,16 @@ def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
             layers.append((src.name or src.output[0], f"{src.op_type}+{n.op_type}", n.output[0]))
     # The int8 value of a tensor is what its DequantizeLinear hands on: an activation folded
     # into the layer before it is only applied by the quantization range.
-    q_name = {t: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in q_tensors
-              else t for _, _, t in layers}
+    q_name = {
+        t: f"{t}_DequantizeLinear_Output" if f"{t}_DequantizeLinear_Output" in q_tensors else t
+        for _, _, t in layers
+    }
     names = [t for _, _, t in layers]
     # Graph optimisations would fuse away the intermediate tensors we read.
     s_fp = onnx_session(_expose(fp, names), optimize=False)
     s_q = onnx_session(_expose(q, list(q_name.values())), optimize=False)
-    out_fp = dict(zip([o.name for o in s_fp.get_outputs()], run_batched(s_fp, inputs),
-                      strict=True))
-    out_q = dict(zip([o.name for o in s_q.get_outputs()], run_batched(s_q, inputs),
-                     strict=True))
+    out_fp = dict(zip([o.name for o in s_fp.get_outputs()], run_batched(s_fp, inputs), strict=True))
+    out_q = dict(zip([o.name for o in s_q.get_outputs()], run_batched(s_q, inputs), strict=True))
     rows = []
     for node, op, tensor in layers:
         a = out_fp[tensor].astype(np.float64).ravel()
@@ -67,11 +79,15 @@ def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
         noise = float(np.sum((a - b) ** 2))
         signal = float(np.sum(a**2))
         denom = float(np.linalg.norm(a) * np.linalg.norm(b))
-        rows.append({
-            "node": node, "op": op, "tensor": tensor,
-            "cosine": float(a @ b / denom) if denom else 1.0,
-            "snr_db": 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf,
-        })
+        rows.append(
+            {
+                "node": node,
+                "op": op,
+                "tensor": tensor,
+                "cosine": float(a @ b / denom) if denom else 1.0,
+                "snr_db": 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf,
+            }
+        )
     return rows
 
 

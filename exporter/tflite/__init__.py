@@ -77,8 +77,14 @@ def convert_model(
     type, dense bytes, stored bytes, consumer. A sparse file is not always smaller than the
     dense one (each kept encoding is, but DENSIFY ops cost a little): compare before keeping.
     """
-    data, graph, info = convert(model, input_layout, io_dtype=io_dtype,
-                                normalization=normalization, storage=storage, delegate=delegate)
+    data, graph, info = convert(
+        model,
+        input_layout,
+        io_dtype=io_dtype,
+        normalization=normalization,
+        storage=storage,
+        delegate=delegate,
+    )
     counts = graph.op_counts()
     stats = {
         "op_counts": counts,
@@ -117,8 +123,12 @@ def convert_onnx_file(
     start = time.perf_counter()
     model = load_onnx_file(onnx_path)
     data, stats = convert_model(
-        model, input_layout=input_layout, io_dtype=io_dtype, normalization=normalization,
-        storage=storage, delegate=delegate,
+        model,
+        input_layout=input_layout,
+        io_dtype=io_dtype,
+        normalization=normalization,
+        storage=storage,
+        delegate=delegate,
     )
     path = atomic_write_bytes(tflite_path, data, force=force)
     return ConversionResult(
@@ -151,8 +161,17 @@ def describe_tflite(path: str | os.PathLike | bytes) -> dict[str, Any]:
         data, name = Path(path).read_bytes(), str(path)
     try:
         return describe_bytes(data)
-    except (ValueError, TypeError, IndexError, KeyError, AttributeError, UnicodeDecodeError,
-            OverflowError, struct.error, RecursionError) as exc:
+    except (
+        ValueError,
+        TypeError,
+        IndexError,
+        KeyError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+        struct.error,
+        RecursionError,
+    ) as exc:
         # The schema's generated accessors do no bounds or type checks: corrupt bytes surface
         # as whatever the first bad read raises.
         raise InputFileError(f"{name}: not a valid TFLite model ({type(exc).__name__})") from None

@@ -92,8 +92,9 @@ def encode_csr(arr: np.ndarray) -> SparseEncoding:
     counts = np.bincount(nz_rows, minlength=rows.shape[0])
     segments = np.concatenate([[0], np.cumsum(counts)])
     dims = tuple(DimMeta(dense_size=int(d)) for d in arr.shape[:-1]) + (
-        DimMeta(segments=_narrow(segments, int(segments[-1]) + 1),
-                indices=_narrow(cols, arr.shape[-1])),
+        DimMeta(
+            segments=_narrow(segments, int(segments[-1]) + 1), indices=_narrow(cols, arr.shape[-1])
+        ),
     )
     order = tuple(range(arr.ndim))
     return SparseEncoding("csr", tuple(arr.shape), order, (), dims, rows[nz_rows, cols].copy())
@@ -102,8 +103,9 @@ def encode_csr(arr: np.ndarray) -> SparseEncoding:
 def encode_block(arr: np.ndarray, block: int) -> SparseEncoding:
     """1 x ``block`` blocks of a 2-D [out, in] weight: dims (out, in / block, block)."""
     if arr.ndim != 2 or arr.shape[1] % block:
-        raise ValueError(f"1x{block} blocks need a 2-D weight with in % {block} == 0, "
-                         f"got shape {arr.shape}")
+        raise ValueError(
+            f"1x{block} blocks need a 2-D weight with in % {block} == 0, got shape {arr.shape}"
+        )
     out, cols = arr.shape
     blocks = arr.reshape(out, cols // block, block)
     nz_rows, nz_blocks = np.nonzero(np.any(blocks != 0, axis=2))
@@ -111,8 +113,10 @@ def encode_block(arr: np.ndarray, block: int) -> SparseEncoding:
     segments = np.concatenate([[0], np.cumsum(counts)])
     dims = (
         DimMeta(dense_size=out),
-        DimMeta(segments=_narrow(segments, int(segments[-1]) + 1),
-                indices=_narrow(nz_blocks, cols // block)),
+        DimMeta(
+            segments=_narrow(segments, int(segments[-1]) + 1),
+            indices=_narrow(nz_blocks, cols // block),
+        ),
         DimMeta(dense_size=block),
     )
     values = blocks[nz_rows, nz_blocks].reshape(-1).copy()

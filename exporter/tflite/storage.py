@@ -93,8 +93,11 @@ def _weight_uses(graph: Graph) -> dict[str, Operator]:
         for i, name in enumerate(op.inputs):
             if name is not None and graph.tensors[name].is_const:
                 uses.setdefault(name, []).append((op, i))
-    return {name: ops[0][0] for name, ops in uses.items()
-            if len(ops) == 1 and _WEIGHTED.get(ops[0][0].op) == ops[0][1]}
+    return {
+        name: ops[0][0]
+        for name, ops in uses.items()
+        if len(ops) == 1 and _WEIGHTED.get(ops[0][0].op) == ops[0][1]
+    }
 
 
 def decide(graph: Graph, delegate: str = "xnnpack") -> tuple[list[TensorStorage], dict]:
@@ -111,11 +114,20 @@ def decide(graph: Graph, delegate: str = "xnnpack") -> tuple[list[TensorStorage]
         if best is not None and best.nbytes < dense:
             chosen[name] = best
         c = chosen.get(name)
-        rows.append(TensorStorage(
-            name, [int(d) for d in w.shape], w.dtype.name,
-            float(np.mean(w == 0)) if w.size else 0.0,
-            c.encoding.format if c else "dense", c.via if c else "-",
-            c.encoding.index_type if c else "-", dense, c.nbytes if c else dense, op.op))
+        rows.append(
+            TensorStorage(
+                name,
+                [int(d) for d in w.shape],
+                w.dtype.name,
+                float(np.mean(w == 0)) if w.size else 0.0,
+                c.encoding.format if c else "dense",
+                c.via if c else "-",
+                c.encoding.index_type if c else "-",
+                dense,
+                c.nbytes if c else dense,
+                op.op,
+            )
+        )
     return rows, chosen
 
 

@@ -245,8 +245,12 @@ def _read_sparsity(sp: Any, shape: list[int], values: np.ndarray) -> SparseEncod
     dims = []
     for dm in sp.dimMetadata or []:
         if dm.format == schema.DimensionType.SPARSE_CSR:
-            dims.append(DimMeta(segments=np.asarray(dm.arraySegments.values),
-                                indices=np.asarray(dm.arrayIndices.values)))
+            dims.append(
+                DimMeta(
+                    segments=np.asarray(dm.arraySegments.values),
+                    indices=np.asarray(dm.arrayIndices.values),
+                )
+            )
         else:
             dims.append(DimMeta(dense_size=int(dm.denseSize)))
     block_map = tuple(int(b) for b in (sp.blockMap if sp.blockMap is not None else []))
@@ -316,7 +320,11 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
 
 def _storage_fields(t: Any, entry: dict[str, Any], raw: np.ndarray) -> dict[str, Any]:
     """Bytes, encoding and sparsity (fraction of zeros of the dense tensor) of a constant."""
-    values = raw.view(np.dtype(entry["dtype"])) if raw.size % np.dtype(entry["dtype"]).itemsize == 0 else None
+    values = (
+        raw.view(np.dtype(entry["dtype"]))
+        if raw.size % np.dtype(entry["dtype"]).itemsize == 0
+        else None
+    )
     if values is None:
         return {"bytes": int(raw.size)}
     size = int(np.prod(entry["shape"])) if entry["shape"] else 1
@@ -325,8 +333,12 @@ def _storage_fields(t: Any, entry: dict[str, Any], raw: np.ndarray) -> dict[str,
         return {"bytes": int(raw.size), "encoding": "dense", "sparsity": sparsity}
     enc = _read_sparsity(t.sparsity, entry["shape"], values)
     stored_zeros = int(np.sum(values == 0))  # explicit zeros inside stored blocks
-    return {"bytes": int(raw.size), "encoding": enc.format, "index_type": enc.index_type,
-            "sparsity": (size - values.size + stored_zeros) / max(1, size)}
+    return {
+        "bytes": int(raw.size),
+        "encoding": enc.format,
+        "index_type": enc.index_type,
+        "sparsity": (size - values.size + stored_zeros) / max(1, size),
+    }
 
 
 def _io_detail(tensor: dict[str, Any]) -> dict[str, Any]:

@@ -31,14 +31,20 @@ def test_stratified_split_is_seeded_and_keeps_class_shares():
     assert not np.array_equal(other.images, hold.images)
 
 
-@pytest.mark.parametrize("arrays, match", [
-    ({"images": np.zeros((0, 8, 8, 3), np.uint8), "labels": np.zeros(0, np.int64)}, "empty"),
-    ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, "needs arrays 'images' and 'labels'"),
-    ({"images": np.full((4, 8, 8, 3), np.nan), "labels": np.zeros(4)}, "NaN or Inf"),
-    ({"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.zeros(3)}, "4 images but labels"),
-    ({"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": -np.ones(4)}, "negative label"),
-    ({"images": np.zeros((4, 8, 8, 7), np.uint8), "labels": np.zeros(4)}, "C in 1,3,4"),
-])
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"images": np.zeros((0, 8, 8, 3), np.uint8), "labels": np.zeros(0, np.int64)}, "empty"),
+        ({"images": np.zeros((4, 8, 8, 3), np.uint8)}, "needs arrays 'images' and 'labels'"),
+        ({"images": np.full((4, 8, 8, 3), np.nan), "labels": np.zeros(4)}, "NaN or Inf"),
+        (
+            {"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": np.zeros(3)},
+            "4 images but labels",
+        ),
+        ({"images": np.zeros((4, 8, 8, 3), np.uint8), "labels": -np.ones(4)}, "negative label"),
+        ({"images": np.zeros((4, 8, 8, 7), np.uint8), "labels": np.zeros(4)}, "C in 1,3,4"),
+    ],
+)
 def test_bad_npz(tmp_path, arrays, match):
     path = tmp_path / "d.npz"
     np.savez(path, **arrays)

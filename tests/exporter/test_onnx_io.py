@@ -21,10 +21,13 @@ def _parity(model, shape, path):
     return float(np.abs(got - want).max())
 
 
-@pytest.mark.parametrize("factory, shape", [
-    (lambda: SeedCNN(3, (32, 32), 10), (3, 32, 32)),
-    (lambda: randomize_batchnorm(ResNet8(3, (24, 20), 7)), (3, 24, 20)),
-])
+@pytest.mark.parametrize(
+    "factory, shape",
+    [
+        (lambda: SeedCNN(3, (32, 32), 10), (3, 32, 32)),
+        (lambda: randomize_batchnorm(ResNet8(3, (24, 20), 7)), (3, 24, 20)),
+    ],
+)
 def test_onnx_matches_torch(factory, shape, tmp_path):
     torch.manual_seed(0)
     model = factory().eval()
@@ -72,8 +75,14 @@ def test_missing_external_data(tmp_path):
     torch.manual_seed(0)
     export_onnx(SeedCNN(1, (8, 8), 10), (1, 8, 8), tmp_path / "m.onnx")
     model = onnx.load(str(tmp_path / "m.onnx"))
-    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(tmp_path / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     assert describe_onnx(tmp_path / "ext.onnx")["params"] > 0  # loads with its data
     (tmp_path / "ext.onnx.data").unlink()
     with pytest.raises(InputFileError, match="external data file 'ext.onnx.data'.*missing"):

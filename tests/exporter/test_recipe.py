@@ -43,23 +43,27 @@ def test_unknown_section(tmp_path):
         load_recipe(str(p))
 
 
-@pytest.mark.parametrize("override, match", [
-    ("compress.prune.sparsity=1.2", r"sparsity: 1.2 is out of range \(must be < 1.0\)"),
-    ("runtime.threads=0", r"threads: 0 is out of range \(must be >= 1\)"),
-    ("runtime.threads=1.5", r"threads: expected int, got float"),
-    ('runtime.delegate="gpu"', r"'gpu' is not one of xnnpack, none"),
-    ('runtime.runtimes=["onnxruntime","tvm"]', r"'tvm' is not one of onnxruntime, litert"),
-    ("budgets.max_bytes=\"big\"", r"max_bytes: expected int, got str"),
-    ("eval.holdout=1", r"holdout: 1.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("compress.prune.sparsity=1.2", r"sparsity: 1.2 is out of range \(must be < 1.0\)"),
+        ("runtime.threads=0", r"threads: 0 is out of range \(must be >= 1\)"),
+        ("runtime.threads=1.5", r"threads: expected int, got float"),
+        ('runtime.delegate="gpu"', r"'gpu' is not one of xnnpack, none"),
+        ('runtime.runtimes=["onnxruntime","tvm"]', r"'tvm' is not one of onnxruntime, litert"),
+        ('budgets.max_bytes="big"', r"max_bytes: expected int, got str"),
+        ("eval.holdout=1", r"holdout: 1.0 is out of range"),
+    ],
+)
 def test_bad_values_are_named(override, match):
     with pytest.raises(RecipeError, match=match):
         load_recipe("x86_64", [override])
 
 
 def test_set_override_applies_and_parses_bare_words():
-    r = load_recipe("x86_64", ["compress.prune.scope=layer", "runtime.threads=2",
-                               'export.formats=["onnx"]'])
+    r = load_recipe(
+        "x86_64", ["compress.prune.scope=layer", "runtime.threads=2", 'export.formats=["onnx"]']
+    )
     assert r.compress.prune.scope == "layer"
     assert r.runtime.threads == 2
     assert r.export.formats == ["onnx"]
@@ -111,14 +115,27 @@ def test_wheel_ships_the_recipes(tmp_path):
     src = tmp_path / "src"  # a copy, so that the build leaves nothing in the checkout
     for name in ("pyproject.toml", "README.md", "exporter", "runtime_check", "targets"):
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, src / name,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             src.mkdir(exist_ok=True)
             shutil.copy(ROOT / name, src / name)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path / "dist"), str(src)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     (wheel,) = (tmp_path / "dist").glob("edgepack-*.whl")
     site, prefix = tmp_path / "site", tmp_path / "prefix"
     with zipfile.ZipFile(wheel) as z:
@@ -129,11 +146,18 @@ def test_wheel_ships_the_recipes(tmp_path):
             dest.write_bytes(z.read(name))
     shipped = sorted(p.name for p in (prefix / "share" / "edgepack" / "targets").glob("*.toml"))
     assert shipped == sorted(p.name for p in (ROOT / "targets").glob("*.toml"))
-    code = ("import sys; sys.prefix = sys.argv[1]; sys.path.insert(0, sys.argv[2]); "
-            "from exporter.recipe import TARGETS_DIR, load_recipe; "
-            "print(TARGETS_DIR); print(load_recipe('rpi5-qemu').device.cpu)")
-    out = subprocess.run([sys.executable, "-c", code, str(prefix), str(site)], check=True,
-                         capture_output=True, text=True, timeout=120).stdout.split()
+    code = (
+        "import sys; sys.prefix = sys.argv[1]; sys.path.insert(0, sys.argv[2]); "
+        "from exporter.recipe import TARGETS_DIR, load_recipe; "
+        "print(TARGETS_DIR); print(load_recipe('rpi5-qemu').device.cpu)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(prefix), str(site)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout.split()
     assert out == [str(prefix / "share" / "edgepack" / "targets"), "cortex-a76"]
 
 

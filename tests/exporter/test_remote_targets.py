@@ -49,14 +49,41 @@ def one_line_error(res, *fragments):
 def out_dir(tmp_path_factory) -> Path:
     """A trained seed CNN on digits exported to ONNX (+ TFLite when the writer is there)."""
     tmp = tmp_path_factory.mktemp("remote")
-    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4",
-                 "--out", tmp / "seed.pt", "-q")
+    res = invoke(
+        "train",
+        "--model",
+        "seed-cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "4",
+        "--out",
+        tmp / "seed.pt",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     formats = '["onnx","tflite"]' if HAS_TFLITE else '["onnx"]'
-    res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--data", "digits",
-                 "--out", tmp / "dist", "--set", f"export.formats={formats}",
-                 "--set", "export.precisions=[\"fp32\",\"int8\"]", "--set", "eval.samples=120",
-                 "--set", "compress.finetune.epochs=1", *FAST, "-q")
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        tmp / "seed.pt",
+        "--data",
+        "digits",
+        "--out",
+        tmp / "dist",
+        "--set",
+        f"export.formats={formats}",
+        "--set",
+        'export.precisions=["fp32","int8"]',
+        "--set",
+        "eval.samples=120",
+        "--set",
+        "compress.finetune.epochs=1",
+        *FAST,
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     return tmp / "dist"
 
@@ -126,14 +153,16 @@ def test_qemu_check_matches_x86(qemu_reports, x86_report, target, part):
 
 def guest_logits(view: Path, cpu: str, artifact: Path, batch: Path, dest: Path) -> np.ndarray:
     """The artifact's logits on every eval image, computed by the ARM64 guest."""
-    runner = rq.QemuRunner(qemu=shutil.which("qemu-aarch64"), sysroot=view, views_dir=view.parent,
-                           cpu=cpu)
-    code = ("import sys, numpy as np; from pathlib import Path; "
-            "from runtime_check.evaluate import logits_for; "
-            "np.save(sys.argv[3], logits_for(Path(sys.argv[1]), sys.argv[2]))")
+    runner = rq.QemuRunner(
+        qemu=shutil.which("qemu-aarch64"), sysroot=view, views_dir=view.parent, cpu=cpu
+    )
+    code = (
+        "import sys, numpy as np; from pathlib import Path; "
+        "from runtime_check.evaluate import logits_for; "
+        "np.save(sys.argv[3], logits_for(Path(sys.argv[1]), sys.argv[2]))"
+    )
     cmd = runner.command(view, None, ["-c", code, str(artifact), str(batch), str(dest)])
-    subprocess.run(cmd, env=runner.environment(None), check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run(cmd, env=runner.environment(None), check=True, timeout=300, capture_output=True)
     return np.load(dest)
 
 
@@ -146,12 +175,16 @@ def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
 
     sr = sysroot_for("arm64")
     view = rq.ensure_view(sr.sysroot, sr.views, cpu)
-    names = ["model.fp32.onnx", "model.int8.onnx",
-             *(["model.fp32.tflite", "model.int8.tflite"] if HAS_TFLITE else [])]
+    names = [
+        "model.fp32.onnx",
+        "model.int8.onnx",
+        *(["model.fp32.tflite", "model.int8.tflite"] if HAS_TFLITE else []),
+    ]
     for name in names:
         host = evaluate.logits_for(out_dir / name, out_dir / "eval_batch.npz")
-        guest = guest_logits(view, cpu, out_dir / name, out_dir / "eval_batch.npz",
-                             tmp_path / f"{name}.npy")
+        guest = guest_logits(
+            view, cpu, out_dir / name, out_dir / "eval_batch.npz", tmp_path / f"{name}.npy"
+        )
         assert guest.shape == host.shape == (120, 10)
         assert (guest.argmax(1) == host.argmax(1)).all(), name
         assert np.abs(guest - host).max() <= 1e-4, name
@@ -163,13 +196,28 @@ def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
 def test_instruction_counts_repeat(qemu_reports, out_dir):
     """The guest instruction count of an inference is the same, run after run."""
     runtime = "litert" if HAS_TFLITE else "onnxruntime"
-    rerun = invoke("check", out_dir, "--target", "rpi4-qemu", *FAST, "--force", "--json",
-                   "--set", f'runtime.runtimes=["{runtime}"]')
+    rerun = invoke(
+        "check",
+        out_dir,
+        "--target",
+        "rpi4-qemu",
+        *FAST,
+        "--force",
+        "--json",
+        "--set",
+        f'runtime.runtimes=["{runtime}"]',
+    )
     assert rerun.exit_code == 0, rerun.output
-    again = {a["path"]: a["instructions_per_inference"]
-             for a in json.loads(rerun.output)["artifacts"] if a["status"] == "ok"}
-    first = {a["path"]: a["instructions_per_inference"]
-             for a in qemu_reports["rpi4-qemu"]["artifacts"] if a["path"] in again}
+    again = {
+        a["path"]: a["instructions_per_inference"]
+        for a in json.loads(rerun.output)["artifacts"]
+        if a["status"] == "ok"
+    }
+    first = {
+        a["path"]: a["instructions_per_inference"]
+        for a in qemu_reports["rpi4-qemu"]["artifacts"]
+        if a["path"] in again
+    }
     assert first and first.keys() == again.keys()
     for path, count in first.items():
         assert again[path] == count, (path, count, again[path])
@@ -178,8 +226,14 @@ def test_instruction_counts_repeat(qemu_reports, out_dir):
 def test_missing_sysroot_is_one_line(out_dir, tmp_path):
     if shutil.which("qemu-aarch64") is None:
         pytest.skip("qemu-aarch64 not installed")
-    res = invoke("check", out_dir, "--target", "rpi4-qemu", "-q",
-                 env={"EDGEPACK_CACHE": str(tmp_path / "empty")})
+    res = invoke(
+        "check",
+        out_dir,
+        "--target",
+        "rpi4-qemu",
+        "-q",
+        env={"EDGEPACK_CACHE": str(tmp_path / "empty")},
+    )
     one_line_error(res, "not built", "edgepack target setup arm64")
 
 
@@ -189,8 +243,14 @@ def test_corrupt_sysroot_offers_force(out_dir, tmp_path):
     root = tmp_path / "cache" / "arm64"
     (root / "sysroot").mkdir(parents=True)
     (root / "stamp.json").write_text(json.dumps({"format": 1}))
-    res = invoke("check", out_dir, "--target", "rpi5-qemu", "-q",
-                 env={"EDGEPACK_CACHE": str(tmp_path / "cache")})
+    res = invoke(
+        "check",
+        out_dir,
+        "--target",
+        "rpi5-qemu",
+        "-q",
+        env={"EDGEPACK_CACHE": str(tmp_path / "cache")},
+    )
     one_line_error(res, "python3.11 is missing", "edgepack target setup arm64 --force")
     res = invoke("target", "status", env={"EDGEPACK_CACHE": str(tmp_path / "cache")})
     assert res.exit_code == 0 and "not usable" in res.output and "--force" in res.output
@@ -236,32 +296,40 @@ def _free_port() -> int:
 
 
 def _ssh_config(path: Path, keys: Path, known_hosts: Path) -> Path:
-    path.write_text(f"Host *\n  IdentityFile {keys / 'id'}\n  IdentitiesOnly yes\n"
-                    f"  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
-                    "  LogLevel ERROR\n")
+    path.write_text(
+        f"Host *\n  IdentityFile {keys / 'id'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n"
+    )
     return path
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
     """A real sshd on 127.0.0.1 with throw-away keys; yields (host, dir with configs)."""
-    if not (Path("/usr/sbin/sshd").is_file() and shutil.which("ssh") and
-            shutil.which("ssh-keygen")):
+    if not (
+        Path("/usr/sbin/sshd").is_file() and shutil.which("ssh") and shutil.which("ssh-keygen")
+    ):
         pytest.skip("needs openssh-server and openssh-client (apt-get install openssh-server)")
     d = tmp_path_factory.mktemp("sshd")
     for name in ("hostkey", "id", "otherkey"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
     shutil.copy(d / "id.pub", d / "authorized_keys")
     port = _free_port()
     (d / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'hostkey'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nUsePAM no\n"
         "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nLogLevel ERROR\n")
+        "KbdInteractiveAuthentication no\nLogLevel ERROR\n"
+    )
     Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 10
     while True:
         with socket.socket() as s:
@@ -287,10 +355,23 @@ def sshd(tmp_path_factory):
 
 
 def ssh_check(out_dir, host, config, *extra):
-    return invoke("check", out_dir, "--target", "rpi5", "--host", host,
-                  "--set", f'device.ssh_options=["-F","{config}"]',
-                  "--set", "device.connect_timeout_s=5", "--set", "device.timeout_s=120",
-                  *FAST, "--force", *extra)
+    return invoke(
+        "check",
+        out_dir,
+        "--target",
+        "rpi5",
+        "--host",
+        host,
+        "--set",
+        f'device.ssh_options=["-F","{config}"]',
+        "--set",
+        "device.connect_timeout_s=5",
+        "--set",
+        "device.timeout_s=120",
+        *FAST,
+        "--force",
+        *extra,
+    )
 
 
 def _leftovers() -> set[str]:
@@ -300,8 +381,14 @@ def _leftovers() -> set[str]:
 def test_ssh_check_equals_local(sshd, out_dir, x86_report):
     host, d = sshd
     before = _leftovers()
-    res = ssh_check(out_dir, host, d / "ssh_config.good",
-                    "--set", f"device.python={json.dumps(sys.executable)}", "--json")
+    res = ssh_check(
+        out_dir,
+        host,
+        d / "ssh_config.good",
+        "--set",
+        f"device.python={json.dumps(sys.executable)}",
+        "--json",
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.output)
     assert report["target"]["host"] == host and report["target"]["device"] == "ssh"
@@ -316,12 +403,15 @@ def test_ssh_check_equals_local(sshd, out_dir, x86_report):
     assert _leftovers() <= before
 
 
-@pytest.mark.parametrize("case,fragments", [
-    ("bad", ("host key has CHANGED", "ssh-keygen -R")),
-    ("unknown", ("host key unknown",)),
-    ("closed", ("unreachable", "Connection refused")),
-    ("bare-python", ("numpy is not installed", "pip install numpy")),
-])
+@pytest.mark.parametrize(
+    "case,fragments",
+    [
+        ("bad", ("host key has CHANGED", "ssh-keygen -R")),
+        ("unknown", ("host key unknown",)),
+        ("closed", ("unreachable", "Connection refused")),
+        ("bare-python", ("numpy is not installed", "pip install numpy")),
+    ],
+)
 def test_ssh_failures_are_one_line(sshd, out_dir, tmp_path, case, fragments):
     host, d = sshd
     config, extra = d / "ssh_config.good", []
@@ -331,8 +421,9 @@ def test_ssh_failures_are_one_line(sshd, out_dir, tmp_path, case, fragments):
         host = f"{host.split('@')[0]}@127.0.0.1:{_free_port()}"
     else:
         # A python without numpy or runtimes: a fresh venv of this interpreter, no pip.
-        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")],
-                       check=True)
+        subprocess.run(
+            [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+        )
         extra = ["--set", f'device.python="{tmp_path / "bare" / "bin" / "python"}"']
     before = _leftovers()
     started = time.monotonic()

@@ -26,8 +26,14 @@ from tests.exporter.report_samples import assert_self_contained
 
 pytestmark = pytest.mark.slow
 
-FAST = ["--set", "runtime.runs=10", "--set", "runtime.warmup=1",
-        "--set", "compress.finetune.epochs=1"]
+FAST = [
+    "--set",
+    "runtime.runs=10",
+    "--set",
+    "runtime.warmup=1",
+    "--set",
+    "compress.finetune.epochs=1",
+]
 WINDOW = (1280, 2400)
 
 
@@ -39,17 +45,39 @@ def invoke(*args):
 def run(tmp_path_factory) -> dict:
     """A trained seed CNN on digits, run and then checked through the CLI."""
     tmp = tmp_path_factory.mktemp("browser")
-    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "3",
-                 "--out", tmp / "seed.pt", "-q")
+    res = invoke(
+        "train",
+        "--model",
+        "seed-cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "--out",
+        tmp / "seed.pt",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     out = tmp / "out"
     res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--out", out, *FAST)
     assert res.exit_code in (0, 1), res.output  # a budget may fail; the report is written
-    check = invoke("check", out, "--target", "x86_64", "--set", "runtime.runs=10",
-                   "--set", "runtime.warmup=1", "-q")
+    check = invoke(
+        "check",
+        out,
+        "--target",
+        "x86_64",
+        "--set",
+        "runtime.runs=10",
+        "--set",
+        "runtime.warmup=1",
+        "-q",
+    )
     assert check.exit_code in (0, 1), check.output
-    return {"out": out, "output": res.output,
-            "report": json.loads((out / "report.json").read_text())}
+    return {
+        "out": out,
+        "output": res.output,
+        "report": json.loads((out / "report.json").read_text()),
+    }
 
 
 def test_run_and_check_write_the_html(run):
@@ -69,19 +97,33 @@ def test_run_and_check_write_the_html(run):
 @pytest.fixture(scope="module")
 def chromium() -> str:
     binary = shutil.which("chromium") or (
-        "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
+        "/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None
+    )
     if binary is None:
-        pytest.skip("chromium is not installed (apt-get install --no-install-recommends "
-                    "chromium; .ci/run does)")
+        pytest.skip(
+            "chromium is not installed (apt-get install --no-install-recommends "
+            "chromium; .ci/run does)"
+        )
     return binary
 
 
 def _chromium(binary: str, tmp: Path, page: Path, *mode: str) -> subprocess.CompletedProcess:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"  # fresh for every run
-    cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}",
-           f"--window-size={WINDOW[0]},{WINDOW[1]}", *mode, page.as_uri()]
+    cmd = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        *mode,
+        page.as_uri(),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stderr[-2000:]
     return res
@@ -112,7 +154,7 @@ def test_screenshot_is_readable_and_plots_are_drawn(run, chromium, tmp_path):
     assert ink.mean() > 0.03, f"only {ink.mean():.1%} of the page is not white"
     colours = np.unique(real.reshape(-1, 3), axis=0)
     assert len(colours) > 300, f"{len(colours)} distinct colours: a blank or text-only page"
-    banner = np.array([0xe6, 0xf4, 0xea] if run["report"]["passed"] else [0xfc, 0xe8, 0xe6])
+    banner = np.array([0xE6, 0xF4, 0xEA] if run["report"]["passed"] else [0xFC, 0xE8, 0xE6])
     assert (np.abs(real - banner).max(axis=2) <= 2).sum() > 20_000, "no verdict banner"
 
     # What the figures draw: the pixels that differ from the page with emptied figures.
@@ -124,9 +166,10 @@ def test_screenshot_is_readable_and_plots_are_drawn(run, chromium, tmp_path):
     # And it is in colour: markers, budget lines and sparsity bars, not only black axes.
     chroma = real.max(axis=2) - real.min(axis=2)
     assert ((chroma > 60) & drawn).sum() > 2_000, "the plots show no coloured marks"
-    budget_red = np.array([0xc0, 0x39, 0x2b])
-    assert ((np.abs(real - budget_red).max(axis=2) < 40) & drawn).sum() > 100, \
+    budget_red = np.array([0xC0, 0x39, 0x2B])
+    assert ((np.abs(real - budget_red).max(axis=2) < 40) & drawn).sum() > 100, (
         "no budget line drawn"
+    )
     # The figures come after the verdict and the artifacts table, not over them.
     assert ys.min() > 300
 

@@ -50,7 +50,8 @@ def test_full_report_verdict_rows_plots_and_sections():
     # Accuracy-vs-size, accuracy-vs-latency and the sparsity bars, as inline SVG.
     assert parsed.tags.count("svg") == 3
     assert {"plot-size", "plot-latency", "plot-sparsity"} <= set(
-        re.findall(r'aria-label="([^"]+)"', page))
+        re.findall(r'aria-label="([^"]+)"', page)
+    )
     # The accuracy floor is drawn: reference 90 - max drop 1.5.
     assert "budget ≥ 88.50 %" in page
     # Sensitivity: cosine and SNR per layer, the first diverging layer highlighted.
@@ -106,9 +107,15 @@ def test_check_report_and_minimal_report_render():
     assert "a re-check of /somewhere/out" in page and "rpi4-qemu" in page
     assert "emu</sup>" in page and "2.000" in page  # instructions of every artifact
     # The smallest document the schema allows: no recipe, no cpu, no artifacts.
-    minimal = {"schema_version": 1, "passed": False, "reasons": ["no artifact could be validated"],
-               "target": {"name": "t"}, "model": {"spec": "m"}, "reference": {},
-               "artifacts": []}
+    minimal = {
+        "schema_version": 1,
+        "passed": False,
+        "reasons": ["no artifact could be validated"],
+        "target": {"name": "t"},
+        "model": {"spec": "m"},
+        "reference": {},
+        "artifacts": [],
+    }
     page = render_html(minimal)
     assert_self_contained(page)
     assert "FAILED" in page and "no artifact could be validated" in page
@@ -139,8 +146,12 @@ def test_output_is_deterministic_and_written_atomically(tmp_path):
 
 def test_the_self_contained_check_catches_external_resources():
     """The check above would fail on a page that fetches anything."""
-    for bad in ('<img src="https://cdn.example/x.png">', '<a href="//example.com">x</a>',
-                '<link rel="stylesheet" href="x.css">', '<svg><use xlink:href="http://a#b"/></svg>',
-                '<div style="background: url(http://x/y.png)"></div>'):
+    for bad in (
+        '<img src="https://cdn.example/x.png">',
+        '<a href="//example.com">x</a>',
+        '<link rel="stylesheet" href="x.css">',
+        '<svg><use xlink:href="http://a#b"/></svg>',
+        '<div style="background: url(http://x/y.png)"></div>',
+    ):
         with pytest.raises(AssertionError):
             assert_self_contained(f"<html><body>{bad}</body></html>")

@@ -25,6 +25,7 @@ def pruned(tmp_path):
         path = tmp_path / f"fp32_{sparsity}.onnx"
         export_onnx(model, (3, 16, 16), path)
         return path
+
     return make
 
 
@@ -60,8 +61,13 @@ def test_int8_needs_higher_sparsity(pruned, tmp_path):
     x = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
     for sparsity, expect in ((0.8, False), (0.95, True)):
         q = tmp_path / f"q{sparsity}.onnx"
-        quantize_onnx(pruned(sparsity), q, QuantSettings(), calib_inputs=x,
-                      cache=calibration_cache(tmp_path, f"mm{sparsity}"))
+        quantize_onnx(
+            pruned(sparsity),
+            q,
+            QuantSettings(),
+            calib_inputs=x,
+            cache=calibration_cache(tmp_path, f"mm{sparsity}"),
+        )
         _, wrote = sparsify_onnx(q, tmp_path / f"qs{sparsity}.onnx")
         # int8 COO costs 9 bytes per non-zero against 1: break-even near 89 % sparsity.
         assert wrote is expect

@@ -109,8 +109,11 @@ def _random_bytes(n: int, seed: int) -> bytes:
 
 def _snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (bytecode caches aside) with a hash of its content."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
 def _device_leftovers() -> set[str]:
@@ -135,8 +138,10 @@ def _npz(ctx: Ctx, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
 
 def _digits_like(n: int, h: int = 8, w: int = 8, c: int = 1, classes: int = 10) -> tuple:
     rng = np.random.default_rng(n)
-    return (rng.integers(0, 256, (n, h, w, c), dtype=np.uint8),
-            np.arange(n, dtype=np.int64) % classes)
+    return (
+        rng.integers(0, 256, (n, h, w, c), dtype=np.uint8),
+        np.arange(n, dtype=np.int64) % classes,
+    )
 
 
 # ------------------------------------------------------------------------------ model side
@@ -191,9 +196,11 @@ def _pickle_with_code(ctx: Ctx) -> Call:
     def after(_res):
         assert not marker.exists(), "torch.load ran the pickle's code"
 
-    return Call(ctx.run("--model", "seed-cnn", "--weights", evil),
-                ("evil.pt: refused by torch.load(weights_only=True)", "code is never run"),
-                after=after)
+    return Call(
+        ctx.run("--model", "seed-cnn", "--weights", evil),
+        ("evil.pt: refused by torch.load(weights_only=True)", "code is never run"),
+        after=after,
+    )
 
 
 def _state_dict(ctx: Ctx, name: str, edit: Callable[[dict], None]) -> Path:
@@ -204,40 +211,63 @@ def _state_dict(ctx: Ctx, name: str, edit: Callable[[dict], None]) -> Path:
     return path
 
 
-def _onnx_model(ctx: Ctx, name: str, nodes: list, input_shape: list, *, pool: bool = False,
-                external: bool = False) -> Path:
+def _onnx_model(
+    ctx: Ctx,
+    name: str,
+    nodes: list,
+    input_shape: list,
+    *,
+    pool: bool = False,
+    external: bool = False,
+) -> Path:
     """input -> [GlobalAveragePool] -> Flatten -> Gemm(-> 10) -> ``nodes`` -> logits, as a file."""
     width = 1 if pool else 64
     # raw_data tensors (from_array): only those can be moved to an external data file.
     w = numpy_helper.from_array(np.ones((width, 10), np.float32) / width, "w")
     b = numpy_helper.from_array(np.zeros(10, np.float32), "b")
-    head = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"], name="gap")] if pool else []
-    head += [helper.make_node("Flatten", ["pooled" if pool else "input"], ["flat"], name="flatten"),
-             helper.make_node("Gemm", ["flat", "w", "b"], ["g0"], name="fc")]
+    head = (
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"], name="gap")] if pool else []
+    )
+    head += [
+        helper.make_node("Flatten", ["pooled" if pool else "input"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "w", "b"], ["g0"], name="fc"),
+    ]
     graph = helper.make_graph(
-        head + nodes, "g",
+        head + nodes,
+        "g",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], [w, b])
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        [w, b],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     path = ctx.tmp / name
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=f"{name}.data", size_threshold=0)
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=f"{name}.data",
+            size_threshold=0,
+        )
     else:
         onnx.save_model(model, str(path))
     return path
 
 
 def _unsupported_ops(ctx: Ctx) -> Call:
-    nodes = [helper.make_node("Sin", ["g0"], ["s"], name="wave"),
-             helper.make_node("Erf", ["s"], ["e"], name="bell"),
-             helper.make_node("Sin", ["e"], ["logits"], name="wave2")]
+    nodes = [
+        helper.make_node("Sin", ["g0"], ["s"], name="wave"),
+        helper.make_node("Erf", ["s"], ["e"], name="bell"),
+        helper.make_node("Sin", ["e"], ["logits"], name="wave2"),
+    ]
     path = _onnx_model(ctx, "exotic.onnx", nodes, ["N", 1, 8, 8])
-    return Call(ctx.run("--model", path, *FP32_ONLY),
-                ("3 unsupported node(s)", "Erf x1", "Sin x2", "wave (Sin", "bell (Erf",
-                 "wave2 (Sin"))
+    return Call(
+        ctx.run("--model", path, *FP32_ONLY),
+        ("3 unsupported node(s)", "Erf x1", "Sin x2", "wave (Sin", "bell (Erf", "wave2 (Sin"),
+    )
 
 
 def _dynamic_spatial(ctx: Ctx) -> Call:
@@ -271,14 +301,18 @@ def _imagefolder_corrupt(ctx: Ctx) -> Call:
         for i in range(3):
             Image.new("L", (8, 8), 40 * i).save(ctx.tmp / "imgs" / cls / f"{i}.png")
     ctx.write("imgs/b/broken.png", b"\x89PNG\r\n\x1a\n" + b"not really a png" * 4)
-    return Call(ctx.run("--model", "seed-cnn", "--data", f"imagefolder:{ctx.tmp / 'imgs'}"),
-                ("corrupt image", "imgs/b/broken.png"))
+    return Call(
+        ctx.run("--model", "seed-cnn", "--data", f"imagefolder:{ctx.tmp / 'imgs'}"),
+        ("corrupt image", "imgs/b/broken.png"),
+    )
 
 
 def _cifar_wrong_length(ctx: Ctx) -> Call:
     ctx.write("cifar/data_batch_1.bin", _random_bytes(3073 * 2 + 100, 3))
-    return Call(ctx.run("--model", "seed-cnn", "--data", f"cifar10:{ctx.tmp / 'cifar'}"),
-                ("data_batch_1.bin: 6246 bytes", "not a whole number of 3073-byte"))
+    return Call(
+        ctx.run("--model", "seed-cnn", "--data", f"cifar10:{ctx.tmp / 'cifar'}"),
+        ("data_batch_1.bin: 6246 bytes", "not a whole number of 3073-byte"),
+    )
 
 
 def _nan_npz(ctx: Ctx) -> Call:
@@ -286,8 +320,10 @@ def _nan_npz(ctx: Ctx) -> Call:
     images[3, 2, 2, 0] = np.nan
     images[5, 1, 1, 0] = np.inf
     path = _npz(ctx, "nan.npz", images, np.arange(40) % 10)
-    return Call(ctx.run("--model", "seed-cnn", "--data", f"npz:{path}"),
-                ("nan.npz: images contain NaN or Inf",))
+    return Call(
+        ctx.run("--model", "seed-cnn", "--data", f"npz:{path}"),
+        ("nan.npz: images contain NaN or Inf",),
+    )
 
 
 def _few_calibration_images(ctx: Ctx) -> Call:
@@ -298,11 +334,30 @@ def _few_calibration_images(ctx: Ctx) -> Call:
         used = report["data"]["train_images"]
         assert used < 256
         assert report["quantization"]["calibration"] == (
-            f"only {used} training images (recipe asks for 256): calibrated on all of them")
+            f"only {used} training images (recipe asks for 256): calibrated on all of them"
+        )
 
-    return Call(["run", "--model", "seed-cnn", "--data", f"npz:{path}", "--out", ctx.out,
-                 "--force", "-q", *FAST, "--set", 'export.formats=["onnx"]',
-                 "--set", 'export.storage=["dense"]'], (), ok=True, after=after)
+    return Call(
+        [
+            "run",
+            "--model",
+            "seed-cnn",
+            "--data",
+            f"npz:{path}",
+            "--out",
+            ctx.out,
+            "--force",
+            "-q",
+            *FAST,
+            "--set",
+            'export.formats=["onnx"]',
+            "--set",
+            'export.storage=["dense"]',
+        ],
+        (),
+        ok=True,
+        after=after,
+    )
 
 
 # ------------------------------------------------------------------------------ recipe side
@@ -325,8 +380,12 @@ def _broken_sysroot(ctx: Ctx) -> Call:
     root = ctx.tmp / "cache" / "arm64"
     (root / "sysroot").mkdir(parents=True)
     (root / "stamp.json").write_text(json.dumps({"format": 1}))
-    return Call(ctx.seeded("--target", "rpi4-qemu"), ("unusable", "edgepack target setup arm64 --force"),
-                env={"EDGEPACK_CACHE": str(ctx.tmp / "cache")}, skip=_need_qemu())
+    return Call(
+        ctx.seeded("--target", "rpi4-qemu"),
+        ("unusable", "edgepack target setup arm64 --force"),
+        env={"EDGEPACK_CACHE": str(ctx.tmp / "cache")},
+        skip=_need_qemu(),
+    )
 
 
 def _ssh(ctx: Ctx, *, host: str | None = None, config: str = "good", extra=()) -> list:
@@ -335,28 +394,49 @@ def _ssh(ctx: Ctx, *, host: str | None = None, config: str = "good", extra=()) -
         host, _ = ctx.fixture("sshd")
     cfg = config if Path(config).is_absolute() else ctx.fixture("sshd")[1] / f"ssh_config.{config}"
     out = ctx.copy_out()
-    return ["check", out, "--target", "rpi5", "--host", host, "-q",
-            "--set", f'device.ssh_options=["-F","{cfg}"]', "--set", "device.connect_timeout_s=5",
-            "--set", "runtime.runs=5", "--set", "runtime.warmup=1", *extra]
+    return [
+        "check",
+        out,
+        "--target",
+        "rpi5",
+        "--host",
+        host,
+        "-q",
+        "--set",
+        f'device.ssh_options=["-F","{cfg}"]',
+        "--set",
+        "device.connect_timeout_s=5",
+        "--set",
+        "runtime.runs=5",
+        "--set",
+        "runtime.warmup=1",
+        *extra,
+    ]
 
 
 def _ssh_closed_port(ctx: Ctx) -> Call:
     # No sshd needed: nothing listens on a just-freed loopback port.
     ctx.write("ssh_config", "Host *\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
-    return Call(_ssh(ctx, host=f"nobody@127.0.0.1:{_free_port()}", config=str(ctx.tmp / "ssh_config")),
-                ("unreachable", "Connection refused"))
+    return Call(
+        _ssh(ctx, host=f"nobody@127.0.0.1:{_free_port()}", config=str(ctx.tmp / "ssh_config")),
+        ("unreachable", "Connection refused"),
+    )
 
 
 def _ssh_auth_refused(ctx: Ctx) -> Call:
     _, d = ctx.fixture("sshd")
-    cfg = ctx.write("ssh_config", (d / "ssh_config.good").read_text().replace(
-        f"IdentityFile {d / 'id'}", f"IdentityFile {d / 'otherkey'}"))
+    cfg = ctx.write(
+        "ssh_config",
+        (d / "ssh_config.good")
+        .read_text()
+        .replace(f"IdentityFile {d / 'id'}", f"IdentityFile {d / 'otherkey'}"),
+    )
     return Call(_ssh(ctx, config=str(cfg)), ("authentication refused", "ssh-copy-id"))
 
 
 def _fake_python(ctx: Ctx, body: str) -> Path:
     """A 'python3' on the device: a shell script in front of this interpreter."""
-    path = ctx.write("fakepy", f"#!/bin/sh\n{body}\nexec {sys.executable} \"$@\"\n")
+    path = ctx.write("fakepy", f'#!/bin/sh\n{body}\nexec {sys.executable} "$@"\n')
     path.chmod(0o755)
     return path
 
@@ -367,8 +447,10 @@ def _ssh_no_runtime(ctx: Ctx) -> Call:
     for mod in ("onnxruntime", "ai_edge_litert", "tflite_runtime"):
         ctx.write(f"block/{mod}/__init__.py", f"raise ImportError('no {mod} on this device')\n")
     py = _fake_python(ctx, f'export PYTHONPATH="{block}"')
-    return Call(_ssh(ctx, extra=("--set", f'device.python="{py}"')),
-                ("onnxruntime is not installed for", "there (pip install onnxruntime)"))
+    return Call(
+        _ssh(ctx, extra=("--set", f'device.python="{py}"')),
+        ("onnxruntime is not installed for", "there (pip install onnxruntime)"),
+    )
 
 
 def _ssh_hangs(ctx: Ctx) -> Call:
@@ -379,119 +461,268 @@ def _ssh_hangs(ctx: Ctx) -> Call:
     def after(_res):
         assert time.monotonic() - started < 30, "the timeout did not fire in time"
 
-    return Call(_ssh(ctx, extra=("--set", f'device.python="{py}"',
-                                 "--set", "device.timeout_s=2")),
-                ("runtime_check timed out after 2 s",), after=after)
+    return Call(
+        _ssh(ctx, extra=("--set", f'device.python="{py}"', "--set", "device.timeout_s=2")),
+        ("runtime_check timed out after 2 s",),
+        after=after,
+    )
 
 
 # The catalogue: (id, builder). Ids say side and case; every case appears exactly once.
 CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     # --- model side
-    ("model/missing-file", lambda c: Call(c.run("--model", c.tmp / "nope.onnx"),
-                                          ("model file", "nope.onnx not found"))),
-    ("model/onnx-truncated", lambda c: Call(
-        c.run("--model", c.write("cut.onnx", (c.fixture("seed_out") / "model.fp32.onnx")
-                                 .read_bytes()[:5000])),
-        ("cut.onnx: not a valid ONNX model",), process=True)),
-    ("model/onnx-random-bytes", lambda c: Call(
-        c.run("--model", c.write("noise.onnx", _random_bytes(4096, 1))),
-        ("noise.onnx: not a valid ONNX model",))),
-    ("model/tflite-truncated(inspect)", lambda c: Call(
-        ["inspect", c.write("cut.tflite", (c.fixture("seed_out") / "model.fp32.tflite")
-                            .read_bytes()[:3000])],
-        ("cut.tflite: not a valid TFLite model",))),
-    ("model/tflite-random-bytes(inspect)", lambda c: Call(
-        ["inspect", c.write("noise.tflite", _random_bytes(4096, 2))],
-        ("noise.tflite: not a valid TFLite model",), process=True)),
-    ("model/pt-truncated", lambda c: Call(
-        c.run("--model", "seed-cnn", "--weights", c.write("cut.pt", c.weights.read_bytes()[:900])),
-        ("cut.pt: not a readable torch weights file",), process=True)),
-    ("model/pt-random-bytes", lambda c: Call(
-        c.run("--model", "seed-cnn", "--weights", c.write("noise.pt", _random_bytes(4096, 3))),
-        # Random bytes read as a pickle stream: refused at the first opcode, never executed.
-        ("noise.pt: refused by torch.load(weights_only=True)",))),
-    ("model/pt2-truncated", lambda c: Call(
-        c.run("--model", c.write("cut.pt2", _pt2(c).read_bytes()[:2000])),
-        ("cut.pt2: not a readable torch.export program",), process=True)),
-    ("model/pt2-random-bytes", lambda c: Call(
-        c.run("--model", c.write("noise.pt2", _random_bytes(4096, 4))),
-        ("noise.pt2: not a readable torch.export program",), process=True)),
-    ("model/state-dict-missing-keys", lambda c: Call(
-        c.run("--model", "seed-cnn", "--weights",
-              _state_dict(c, "missing.pt", lambda s: [s.pop(k) for k in list(s)[-2:]])),
-        ("does not match the model", "missing keys:"))),
-    ("model/state-dict-unexpected-keys", lambda c: Call(
-        c.run("--model", "seed-cnn", "--weights",
-              _state_dict(c, "extra.pt", lambda s: s.update({"head.weight": torch.zeros(3)}))),
-        ("does not match the model", "unexpected keys: head.weight"))),
-    ("model/state-dict-wrong-shapes", lambda c: Call(
-        c.run("--model", "seed-cnn", "--weights", _state_dict(
-            c, "shape.pt", lambda s: s.update({k: torch.zeros(2, *v.shape[1:])
-                                               for k, v in list(s.items())[:1]}))),
-        ("does not match the model", "wrong shapes:", "vs model"))),
+    (
+        "model/missing-file",
+        lambda c: Call(
+            c.run("--model", c.tmp / "nope.onnx"), ("model file", "nope.onnx not found")
+        ),
+    ),
+    (
+        "model/onnx-truncated",
+        lambda c: Call(
+            c.run(
+                "--model",
+                c.write(
+                    "cut.onnx", (c.fixture("seed_out") / "model.fp32.onnx").read_bytes()[:5000]
+                ),
+            ),
+            ("cut.onnx: not a valid ONNX model",),
+            process=True,
+        ),
+    ),
+    (
+        "model/onnx-random-bytes",
+        lambda c: Call(
+            c.run("--model", c.write("noise.onnx", _random_bytes(4096, 1))),
+            ("noise.onnx: not a valid ONNX model",),
+        ),
+    ),
+    (
+        "model/tflite-truncated(inspect)",
+        lambda c: Call(
+            [
+                "inspect",
+                c.write(
+                    "cut.tflite", (c.fixture("seed_out") / "model.fp32.tflite").read_bytes()[:3000]
+                ),
+            ],
+            ("cut.tflite: not a valid TFLite model",),
+        ),
+    ),
+    (
+        "model/tflite-random-bytes(inspect)",
+        lambda c: Call(
+            ["inspect", c.write("noise.tflite", _random_bytes(4096, 2))],
+            ("noise.tflite: not a valid TFLite model",),
+            process=True,
+        ),
+    ),
+    (
+        "model/pt-truncated",
+        lambda c: Call(
+            c.run(
+                "--model", "seed-cnn", "--weights", c.write("cut.pt", c.weights.read_bytes()[:900])
+            ),
+            ("cut.pt: not a readable torch weights file",),
+            process=True,
+        ),
+    ),
+    (
+        "model/pt-random-bytes",
+        lambda c: Call(
+            c.run("--model", "seed-cnn", "--weights", c.write("noise.pt", _random_bytes(4096, 3))),
+            # Random bytes read as a pickle stream: refused at the first opcode, never executed.
+            ("noise.pt: refused by torch.load(weights_only=True)",),
+        ),
+    ),
+    (
+        "model/pt2-truncated",
+        lambda c: Call(
+            c.run("--model", c.write("cut.pt2", _pt2(c).read_bytes()[:2000])),
+            ("cut.pt2: not a readable torch.export program",),
+            process=True,
+        ),
+    ),
+    (
+        "model/pt2-random-bytes",
+        lambda c: Call(
+            c.run("--model", c.write("noise.pt2", _random_bytes(4096, 4))),
+            ("noise.pt2: not a readable torch.export program",),
+            process=True,
+        ),
+    ),
+    (
+        "model/state-dict-missing-keys",
+        lambda c: Call(
+            c.run(
+                "--model",
+                "seed-cnn",
+                "--weights",
+                _state_dict(c, "missing.pt", lambda s: [s.pop(k) for k in list(s)[-2:]]),
+            ),
+            ("does not match the model", "missing keys:"),
+        ),
+    ),
+    (
+        "model/state-dict-unexpected-keys",
+        lambda c: Call(
+            c.run(
+                "--model",
+                "seed-cnn",
+                "--weights",
+                _state_dict(c, "extra.pt", lambda s: s.update({"head.weight": torch.zeros(3)})),
+            ),
+            ("does not match the model", "unexpected keys: head.weight"),
+        ),
+    ),
+    (
+        "model/state-dict-wrong-shapes",
+        lambda c: Call(
+            c.run(
+                "--model",
+                "seed-cnn",
+                "--weights",
+                _state_dict(
+                    c,
+                    "shape.pt",
+                    lambda s: s.update(
+                        {k: torch.zeros(2, *v.shape[1:]) for k, v in list(s.items())[:1]}
+                    ),
+                ),
+            ),
+            ("does not match the model", "wrong shapes:", "vs model"),
+        ),
+    ),
     ("model/weights-pickle-with-code", _pickle_with_code),
-    ("model/factory-raises", lambda c: Call(
-        c.run("--model", f"{c.write('nets.py', NETS)}:Raises"),
-        ("model factory", "raised RuntimeError: the factory is broken"))),
-    ("model/factory-returns-non-module", lambda c: Call(
-        c.run("--model", f"{c.write('nets.py', NETS)}:not_a_module"),
-        ("returned dict, not a torch.nn.Module",))),
+    (
+        "model/factory-raises",
+        lambda c: Call(
+            c.run("--model", f"{c.write('nets.py', NETS)}:Raises"),
+            ("model factory", "raised RuntimeError: the factory is broken"),
+        ),
+    ),
+    (
+        "model/factory-returns-non-module",
+        lambda c: Call(
+            c.run("--model", f"{c.write('nets.py', NETS)}:not_a_module"),
+            ("returned dict, not a torch.nn.Module",),
+        ),
+    ),
     ("model/onnx-unsupported-ops(run,tflite)", _unsupported_ops),
     ("model/onnx-dynamic-spatial-dim", _dynamic_spatial),
     ("model/onnx-missing-external-data", _missing_external_data),
-    ("model/output-4d-map", lambda c: Call(
-        c.run("--model", f"{c.write('nets.py', NETS)}:FeatureMap"),
-        ("output has shape [1, 10, 8, 8]", "expected class logits"))),
-    ("model/output-tuple", lambda c: Call(
-        c.run("--model", f"{c.write('nets.py', NETS)}:Pair"), ("returns a tuple",))),
+    (
+        "model/output-4d-map",
+        lambda c: Call(
+            c.run("--model", f"{c.write('nets.py', NETS)}:FeatureMap"),
+            ("output has shape [1, 10, 8, 8]", "expected class logits"),
+        ),
+    ),
+    (
+        "model/output-tuple",
+        lambda c: Call(c.run("--model", f"{c.write('nets.py', NETS)}:Pair"), ("returns a tuple",)),
+    ),
     # --- data side
-    ("data/empty-dataset", lambda c: Call(
-        c.run("--model", "seed-cnn", "--data",
-              f"npz:{_npz(c, 'empty.npz', np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0))}"),
-        ("empty.npz: the data set is empty",))),
-    ("data/wrong-image-size", lambda c: Call(
-        c.seeded("--eval-data", f"npz:{_npz(c, 'big.npz', *_digits_like(20, 16, 16))}"),
-        ("the model does not accept 1x16x16 images", "big.npz"))),
-    ("data/wrong-channel-count", lambda c: Call(
-        c.seeded("--eval-data", f"npz:{_npz(c, 'rgb.npz', *_digits_like(20, c=3))}"),
-        ("rgb.npz", "3x8x8"))),
-    ("data/labels-out-of-range", lambda c: Call(
-        c.seeded("--eval-data", f"npz:{_npz(c, 'lab.npz', *_digits_like(20, classes=13))}"),
-        ("lab.npz: label 12 is outside the model's 10 classes",))),
-    ("data/negative-label", lambda c: Call(
-        c.seeded("--eval-data", f"npz:{_npz(c, 'neg.npz', _digits_like(20)[0], np.arange(20) - 1)}"),
-        ("neg.npz: negative label -1",))),
+    (
+        "data/empty-dataset",
+        lambda c: Call(
+            c.run(
+                "--model",
+                "seed-cnn",
+                "--data",
+                f"npz:{_npz(c, 'empty.npz', np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0))}",
+            ),
+            ("empty.npz: the data set is empty",),
+        ),
+    ),
+    (
+        "data/wrong-image-size",
+        lambda c: Call(
+            c.seeded("--eval-data", f"npz:{_npz(c, 'big.npz', *_digits_like(20, 16, 16))}"),
+            ("the model does not accept 1x16x16 images", "big.npz"),
+        ),
+    ),
+    (
+        "data/wrong-channel-count",
+        lambda c: Call(
+            c.seeded("--eval-data", f"npz:{_npz(c, 'rgb.npz', *_digits_like(20, c=3))}"),
+            ("rgb.npz", "3x8x8"),
+        ),
+    ),
+    (
+        "data/labels-out-of-range",
+        lambda c: Call(
+            c.seeded("--eval-data", f"npz:{_npz(c, 'lab.npz', *_digits_like(20, classes=13))}"),
+            ("lab.npz: label 12 is outside the model's 10 classes",),
+        ),
+    ),
+    (
+        "data/negative-label",
+        lambda c: Call(
+            c.seeded(
+                "--eval-data", f"npz:{_npz(c, 'neg.npz', _digits_like(20)[0], np.arange(20) - 1)}"
+            ),
+            ("neg.npz: negative label -1",),
+        ),
+    ),
     ("data/corrupt-image-in-folder", _imagefolder_corrupt),
     ("data/cifar10-batch-wrong-length", _cifar_wrong_length),
     ("data/nan-inf-in-npz", _nan_npz),
     ("data/fewer-images-than-calibration(succeeds)", _few_calibration_images),
     # --- recipe side
-    ("recipe/unknown-key", lambda c: Call(c.seeded("--set", "runtime.thread=2"),
-                                          ("unknown key 'thread'",))),
-    ("recipe/wrong-type", lambda c: Call(c.seeded("--set", 'runtime.threads="two"'),
-                                         ("runtime.threads",))),
-    ("recipe/sparsity-out-of-range", lambda c: Call(c.seeded("--sparsity", "1.2"),
-                                                    ("compress.prune.sparsity", "1.2"))),
-    ("recipe/threads-zero", lambda c: Call(c.seeded("--set", "runtime.threads=0"),
-                                           ("runtime.threads", "0"))),
-    ("recipe/unknown-target", lambda c: Call(c.seeded("--target", "mars"),
-                                             ("unknown target 'mars'",))),
+    (
+        "recipe/unknown-key",
+        lambda c: Call(c.seeded("--set", "runtime.thread=2"), ("unknown key 'thread'",)),
+    ),
+    (
+        "recipe/wrong-type",
+        lambda c: Call(c.seeded("--set", 'runtime.threads="two"'), ("runtime.threads",)),
+    ),
+    (
+        "recipe/sparsity-out-of-range",
+        lambda c: Call(c.seeded("--sparsity", "1.2"), ("compress.prune.sparsity", "1.2")),
+    ),
+    (
+        "recipe/threads-zero",
+        lambda c: Call(c.seeded("--set", "runtime.threads=0"), ("runtime.threads", "0")),
+    ),
+    (
+        "recipe/unknown-target",
+        lambda c: Call(c.seeded("--target", "mars"), ("unknown target 'mars'",)),
+    ),
     ("recipe/extends-cycle", _extends_cycle),
     # --- target side
-    ("target/qemu-user-missing", lambda c: Call(
-        c.seeded("--target", "rpi4-qemu"), ("qemu-aarch64 not found", "qemu-user"),
-        env={"PATH": str(c.tmp)})),
-    ("target/sysroot-missing", lambda c: Call(
-        c.seeded("--target", "rpi4-qemu"), ("not built", "edgepack target setup arm64"),
-        env={"EDGEPACK_CACHE": str(c.tmp / "empty-cache")}, skip=_need_qemu())),
+    (
+        "target/qemu-user-missing",
+        lambda c: Call(
+            c.seeded("--target", "rpi4-qemu"),
+            ("qemu-aarch64 not found", "qemu-user"),
+            env={"PATH": str(c.tmp)},
+        ),
+    ),
+    (
+        "target/sysroot-missing",
+        lambda c: Call(
+            c.seeded("--target", "rpi4-qemu"),
+            ("not built", "edgepack target setup arm64"),
+            env={"EDGEPACK_CACHE": str(c.tmp / "empty-cache")},
+            skip=_need_qemu(),
+        ),
+    ),
     ("target/sysroot-corrupted", _broken_sysroot),
     ("target/ssh-unreachable", _ssh_closed_port),
-    ("target/ssh-host-key-changed", lambda c: Call(_ssh(c, config="bad"),
-                                                   ("host key has CHANGED", "ssh-keygen -R"))),
+    (
+        "target/ssh-host-key-changed",
+        lambda c: Call(_ssh(c, config="bad"), ("host key has CHANGED", "ssh-keygen -R")),
+    ),
     ("target/ssh-auth-refused", _ssh_auth_refused),
-    ("target/ssh-device-without-python", lambda c: Call(
-        _ssh(c, extra=("--set", 'device.python="/opt/none/bin/python3"')),
-        ("'/opt/none/bin/python3' not found on the device",))),
+    (
+        "target/ssh-device-without-python",
+        lambda c: Call(
+            _ssh(c, extra=("--set", 'device.python="/opt/none/bin/python3"')),
+            ("'/opt/none/bin/python3' not found on the device",),
+        ),
+    ),
     ("target/ssh-device-without-runtime", _ssh_no_runtime),
     ("target/ssh-run-hangs", _ssh_hangs),
 ]
@@ -519,12 +750,16 @@ def test_bad_input(builder, tmp_path, request, monkeypatch):
     else:
         assert_one_line_error(res, *call.fragments)
         assert _snapshot(case_dir) == before, "a file was written, changed or left behind"
-    assert not [p for p in ctx.out.parent.iterdir() if p.name.startswith(".out.")], \
+    assert not [p for p in ctx.out.parent.iterdir() if p.name.startswith(".out.")], (
         "a temp sibling of --out was left behind"
+    )
     # Caches other libraries keep in $TMPDIR by design, not edgepack temp files: LiteRT's
     # session-id file .ses and torch's compile cache torchinductor_<user>.
-    left = [p.name for p in scratch.iterdir()
-            if p.name != ".ses" and not p.name.startswith("torchinductor_")]
+    left = [
+        p.name
+        for p in scratch.iterdir()
+        if p.name != ".ses" and not p.name.startswith("torchinductor_")
+    ]
     assert left == [], f"a temp file or directory was left behind: {left}"
     assert not _new_device_leftovers(device_before), "an edgepack-rc.* dir was left on the device"
     if call.after:
@@ -540,8 +775,14 @@ class _ProcessResult:
 
 
 def run_process(args, env) -> _ProcessResult:
-    proc = subprocess.run([str(EDGEPACK), *(str(a) for a in args)], capture_output=True,
-                          text=True, env={**os.environ, **env}, timeout=120, check=False)
+    proc = subprocess.run(
+        [str(EDGEPACK), *(str(a) for a in args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        check=False,
+    )
     return _ProcessResult(proc.returncode, proc.stdout + proc.stderr)
 
 
@@ -567,8 +808,11 @@ def tiny_disk(tmp_path):
     """A 200 KiB tmpfs (root only); None where mounting is not allowed here."""
     mnt = tmp_path / "tiny"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
-                          capture_output=True, check=False)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mnt)],
+        capture_output=True,
+        check=False,
+    )
     if proc.returncode != 0:
         yield None
         return
@@ -585,6 +829,7 @@ def test_disk_full_on_output(tiny_disk, tmp_path, seed_weights, monkeypatch):
     ENOSPC is simulated by making the ONNX save fail as a full disk would.
     """
     if tiny_disk is None:
+
         def full(*_a, **_k):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -593,8 +838,18 @@ def test_disk_full_on_output(tiny_disk, tmp_path, seed_weights, monkeypatch):
     else:
         parent = tiny_disk
     out = parent / "out"
-    res = invoke("run", "--model", "seed-cnn", "--weights", seed_weights, "--out", out, "-q",
-                 *FAST, *FP32_ONLY)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        seed_weights,
+        "--out",
+        out,
+        "-q",
+        *FAST,
+        *FP32_ONLY,
+    )
     assert_one_line_error(res, "no space left on device", str(out))
     assert list(parent.iterdir()) == [], "the full disk kept a partial output"
 
@@ -602,6 +857,7 @@ def test_disk_full_on_output(tiny_disk, tmp_path, seed_weights, monkeypatch):
 def test_disk_full_on_train_output(tiny_disk, tmp_path, monkeypatch):
     """The same for `edgepack train` (torch.save's own writer raised a RuntimeError there)."""
     if tiny_disk is None:
+
         def full(*_a, **_k):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -611,8 +867,18 @@ def test_disk_full_on_train_output(tiny_disk, tmp_path, monkeypatch):
         # Filled up to the last 4 KiB: the ~110 KB state_dict cannot fit.
         (tiny_disk / "filler").write_bytes(bytes(196 * 1024))
         parent = tiny_disk
-    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "1", "-q",
-                 "--out", parent / "seed.pt")
+    res = invoke(
+        "train",
+        "--model",
+        "seed-cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "1",
+        "-q",
+        "--out",
+        parent / "seed.pt",
+    )
     assert_one_line_error(res, "no space left on device", "seed.pt")
     assert sorted(p.name for p in parent.iterdir()) == ([] if tiny_disk is None else ["filler"])
 
@@ -620,15 +886,34 @@ def test_disk_full_on_train_output(tiny_disk, tmp_path, monkeypatch):
 def test_ctrl_c_during_finetuning(tmp_path, seed_weights):
     """SIGINT to a real `edgepack run` while it fine-tunes: exit 130, one line, nothing left."""
     out = tmp_path / "out"
-    cmd = [str(EDGEPACK), "run", "--model", "seed-cnn", "--weights", str(seed_weights),
-           "--out", str(out), "-q", *FAST, *FP32_ONLY,
-           # Long enough to be interrupted mid-way: many small fine-tuning epochs.
-           "--set", "compress.finetune.epochs=200", "--set", "compress.finetune.batch_size=8"]
+    cmd = [
+        str(EDGEPACK),
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        str(seed_weights),
+        "--out",
+        str(out),
+        "-q",
+        *FAST,
+        *FP32_ONLY,
+        # Long enough to be interrupted mid-way: many small fine-tuning epochs.
+        "--set",
+        "compress.finetune.epochs=200",
+        "--set",
+        "compress.finetune.batch_size=8",
+    ]
     # A process started with SIGINT ignored (nohup, a background job of a script, some CI
     # launchers) passes that on, and Python then installs no KeyboardInterrupt handler: the
     # child gets the default disposition back, as an interactive shell would give it.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     # Wait until the run has built its temp output directory: it is then inside the pipeline.
     deadline = time.monotonic() + 60
     while not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]:
@@ -643,7 +928,17 @@ def test_ctrl_c_during_finetuning(tmp_path, seed_weights):
     assert lines == ["error: interrupted; no partial output was left"], stderr.decode()
     assert list(tmp_path.iterdir()) == [], "a partial output or temp dir was left"
     # The next run with the same --out starts clean (no --force needed: nothing is there).
-    res = invoke("run", "--model", "seed-cnn", "--weights", seed_weights, "--out", out, "-q",
-                 *FAST, *FP32_ONLY)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        seed_weights,
+        "--out",
+        out,
+        "-q",
+        *FAST,
+        *FP32_ONLY,
+    )
     assert res.exit_code == 0, res.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

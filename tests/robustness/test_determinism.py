@@ -24,9 +24,15 @@ VOLATILE_BUDGETS = {"max_latency_p90_ms", "max_peak_rss_mb"}
 def deterministic(report):
     """``report`` without measured figures (and budgets computed from them)."""
     if isinstance(report, dict):
-        return {k: (deterministic({b: v for b, v in val.items() if b not in VOLATILE_BUDGETS})
-                    if k == "budgets" else deterministic(val))
-                for k, val in report.items() if k not in VOLATILE_KEYS}
+        return {
+            k: (
+                deterministic({b: v for b, v in val.items() if b not in VOLATILE_BUDGETS})
+                if k == "budgets"
+                else deterministic(val)
+            )
+            for k, val in report.items()
+            if k not in VOLATILE_KEYS
+        }
     if isinstance(report, list):
         return [deterministic(v) for v in report]
     return report
@@ -35,24 +41,45 @@ def deterministic(report):
 def test_two_runs_write_identical_artifacts(seed_weights, tmp_path):
     procs = []
     for i, hashseed in enumerate(("1", "2")):
-        cmd = [str(EDGEPACK), "run", "--model", "seed-cnn", "--weights", str(seed_weights),
-               "--data", "digits", "--out", str(tmp_path / f"run{i}"), "-q", *FAST,
-               "--set", "compress.finetune.epochs=2"]  # fine-tuning and int8 are both in
+        cmd = [
+            str(EDGEPACK),
+            "run",
+            "--model",
+            "seed-cnn",
+            "--weights",
+            str(seed_weights),
+            "--data",
+            "digits",
+            "--out",
+            str(tmp_path / f"run{i}"),
+            "-q",
+            *FAST,
+            "--set",
+            "compress.finetune.epochs=2",
+        ]  # fine-tuning and int8 are both in
         env = {**os.environ, "PYTHONHASHSEED": hashseed}
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE))
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()[-2000:]
     a, b = tmp_path / "run0", tmp_path / "run1"
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
-    for wanted in ("model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite",
-                   "model.int8.tflite", "eval_batch.npz", "artifacts.json"):
+    for wanted in (
+        "model.fp32.onnx",
+        "model.int8.onnx",
+        "model.fp32.tflite",
+        "model.int8.tflite",
+        "eval_batch.npz",
+        "artifacts.json",
+    ):
         assert wanted in names
     # Every file but the two reports (which hold the latency figures) is byte-identical.
-    different = [n for n in names if n not in ("report.json", "report.html")
-                 and (a / n).read_bytes() != (b / n).read_bytes()]
+    different = [
+        n
+        for n in names
+        if n not in ("report.json", "report.html") and (a / n).read_bytes() != (b / n).read_bytes()
+    ]
     assert different == [], f"not byte-identical: {different}"
     ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
     assert deterministic(ra) == deterministic(rb)

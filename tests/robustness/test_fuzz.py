@@ -33,8 +33,14 @@ from exporter.onnx_io import load_onnx
 from exporter.tflite import describe_tflite
 from runtime_check.runtimes import ArtifactError, open_session
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 TIME_LIMIT_S = 10.0  # per reader call; the real ones take milliseconds
 
 # What the TFLite reader raises on corrupt bytes today, and `edgepack inspect` maps to one
@@ -56,9 +62,12 @@ def mutations(draw, size: int) -> tuple:
         head = draw(st.booleans())
         pos = draw(st.integers(0, min(size, 2048) - 1 if head else size - 1))
         kind = draw(st.sampled_from(["flip", "flip", "truncate", "splice", "zero"]))
-        arg = {"flip": st.integers(0, 7), "truncate": st.just(0),
-               "splice": st.tuples(st.integers(0, size - 1), st.integers(1, 256)),
-               "zero": st.integers(1, 64)}[kind]
+        arg = {
+            "flip": st.integers(0, 7),
+            "truncate": st.just(0),
+            "splice": st.tuples(st.integers(0, size - 1), st.integers(1, 256)),
+            "zero": st.integers(1, 64),
+        }[kind]
         edits.append((kind, pos, draw(arg)))
     return tuple(edits)
 
@@ -74,9 +83,9 @@ def mutate(seed: bytes, edits: tuple) -> bytes:
             del data[pos:]
         elif kind == "splice":
             src, n = arg
-            data[pos:pos] = seed[src:src + n]
+            data[pos:pos] = seed[src : src + n]
         elif kind == "zero":
-            data[pos:pos + arg] = bytes(len(data[pos:pos + arg]))
+            data[pos : pos + arg] = bytes(len(data[pos : pos + arg]))
     return bytes(data)
 
 
@@ -90,6 +99,7 @@ class _Hang(Exception):
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """SIGALRM-based limit for pure-Python / quick native readers in this process."""
+
     def _raise(*_):
         raise _Hang(f"no answer within {seconds} s")
 

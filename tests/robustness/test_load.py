@@ -38,9 +38,16 @@ def _fds() -> int:
 def _model(i: int) -> nn.Module:
     torch.manual_seed(i)
     w = 4 + i % 5  # a different width each time: new tensors, new kernels
-    return nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU6(),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, 10)).eval()
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1),
+        nn.ReLU6(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, 10),
+    ).eval()
 
 
 def _one(i: int, tmp: Path, batch: dict) -> None:
@@ -72,9 +79,11 @@ def test_twenty_models_leak_no_memory_or_files(tmp_path):
         rss.append(_rss_mb())
         fds.append(_fds())
     growth = rss[-1] - rss[WARMUP - 1]
-    print(f"\nRSS after model 3: {rss[WARMUP - 1]:.1f} MB, after model 20: {rss[-1]:.1f} MB "
-          f"(growth {growth:+.1f} MB over {MODELS - WARMUP} models); "
-          f"open fds before / after 3 / after 20: {fds_before} / {fds[WARMUP - 1]} / {fds[-1]}")
+    print(
+        f"\nRSS after model 3: {rss[WARMUP - 1]:.1f} MB, after model 20: {rss[-1]:.1f} MB "
+        f"(growth {growth:+.1f} MB over {MODELS - WARMUP} models); "
+        f"open fds before / after 3 / after 20: {fds_before} / {fds[WARMUP - 1]} / {fds[-1]}"
+    )
     assert growth < MAX_GROWTH_MB, rss
     # Every descriptor a model opens (files, sessions) is closed again: the count is flat.
     assert fds[-1] <= fds_before, (fds_before, fds)

@@ -33,14 +33,20 @@ def networks(draw) -> dict:
     blocks = []
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(BLOCKS))
-        arg = {"conv": st.tuples(st.sampled_from([1, 3]), st.sampled_from([1, 2]),
-                                 st.integers(2, 12)),
-               "depthwise": st.sampled_from([1, 2]),
-               "concat": st.integers(1, 6)}.get(kind, st.just(None))
+        arg = {
+            "conv": st.tuples(st.sampled_from([1, 3]), st.sampled_from([1, 2]), st.integers(2, 12)),
+            "depthwise": st.sampled_from([1, 2]),
+            "concat": st.integers(1, 6),
+        }.get(kind, st.just(None))
         blocks.append((kind, draw(arg)))
-    return {"channels": draw(st.sampled_from([1, 3])), "size": draw(st.integers(5, 14)),
-            "blocks": tuple(blocks), "head": draw(st.sampled_from(["gap", "flatten"])),
-            "classes": draw(st.integers(2, 10)), "seed": draw(st.integers(0, 2**16))}
+    return {
+        "channels": draw(st.sampled_from([1, 3])),
+        "size": draw(st.integers(5, 14)),
+        "blocks": tuple(blocks),
+        "head": draw(st.sampled_from(["gap", "flatten"])),
+        "classes": draw(st.integers(2, 10)),
+        "seed": draw(st.integers(0, 2**16)),
+    }
 
 
 class RandomNet(nn.Module):
@@ -130,8 +136,14 @@ def _check_network(spec: dict, tmp, stats: Counter) -> None:
 def _fuzz(n: int, tmp_path) -> Counter:
     stats: Counter = Counter()
 
-    @settings(max_examples=n, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     @given(networks())
     def check(spec):
         _check_network(spec, tmp_path, stats)

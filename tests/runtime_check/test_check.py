@@ -45,9 +45,23 @@ def test_evaluate_onnx(onnx_and_batch):
 
 def test_cli_prints_json_with_isolated_rss(onnx_and_batch):
     model, batch = onnx_and_batch
-    proc = subprocess.run([sys.executable, "-m", "runtime_check", str(model), "--batch",
-                           str(batch), "--runs", "10", "--threads", "2"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime_check",
+            str(model),
+            "--batch",
+            str(batch),
+            "--runs",
+            "10",
+            "--threads",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     out = json.loads(proc.stdout)
     (res,) = out["results"]
     assert res["status"] == "ok" and res["threads"] == 2
@@ -57,17 +71,23 @@ def test_cli_prints_json_with_isolated_rss(onnx_and_batch):
 
 def test_runtime_check_does_not_import_torch(onnx_and_batch):
     model, batch = onnx_and_batch
-    code = ("import sys, runtime_check; runtime_check.check([sys.argv[1]], sys.argv[2], runs=3,"
-            " isolate=False); import sys; bad=[m for m in ('torch','exporter','click','onnx')"
-            " if m in sys.modules]; assert not bad, bad")
+    code = (
+        "import sys, runtime_check; runtime_check.check([sys.argv[1]], sys.argv[2], runs=3,"
+        " isolate=False); import sys; bad=[m for m in ('torch','exporter','click','onnx')"
+        " if m in sys.modules]; assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code, str(model), str(batch)], check=True)
 
 
 def test_wrong_input_shape_is_an_error(onnx_and_batch, tmp_path):
     model, _ = onnx_and_batch
     x = np.zeros((4, 1, 8, 8), np.float32)
-    np.savez(tmp_path / "b.npz", inputs=x, labels=np.zeros(4, np.int64),
-             reference_logits=np.zeros((4, 4), np.float32))
+    np.savez(
+        tmp_path / "b.npz",
+        inputs=x,
+        labels=np.zeros(4, np.int64),
+        reference_logits=np.zeros((4, 4), np.float32),
+    )
     r = evaluate_artifact(model, load_batch(tmp_path / "b.npz"), runs=1)
     assert r["status"] == "error"
     assert "model input is [-1, 3, 12, 10] but the eval batch is [N,1,8,8]" in r["reason"]
@@ -98,10 +118,20 @@ def test_corrupt_artifact_is_an_error(onnx_and_batch, tmp_path):
 
 
 def test_comparator_is_pure_and_judges_each_budget():
-    res = {"path": "a.onnx", "status": "ok", "accuracy": 74.0, "agreement": 0.97, "bytes": 1000,
-           "latency_ms": {"p50": 1.0, "p90": 2.0, "mean": 1.2}}
-    budgets = {"max_accuracy_drop": 1.5, "min_agreement": 0.98, "max_latency_p90_ms": 5.0,
-               "max_bytes": None}
+    res = {
+        "path": "a.onnx",
+        "status": "ok",
+        "accuracy": 74.0,
+        "agreement": 0.97,
+        "bytes": 1000,
+        "latency_ms": {"p50": 1.0, "p90": 2.0, "mean": 1.2},
+    }
+    budgets = {
+        "max_accuracy_drop": 1.5,
+        "min_agreement": 0.98,
+        "max_latency_p90_ms": 5.0,
+        "max_bytes": None,
+    }
     judged = judge_artifact(res, 75.0, budgets)
     assert judged["max_accuracy_drop"] == {"limit": 1.5, "value": 1.0, "ok": True}
     assert judged["min_agreement"]["ok"] is False
@@ -127,15 +157,19 @@ def test_ort_reference_matches_runtime(onnx_and_batch):
 def test_parity_pairs_artifacts():
     from runtime_check.compare import parity
 
-    rows = parity([
-        {"path": "a.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
-        {"path": "b.tflite", "status": "ok", "predictions": [0, 1, 2, 0]},
-        {"path": "c.tflite", "status": "skipped"},
-        {"path": "d.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
-    ])
-    assert rows == [{"a": "a.onnx", "b": "b.tflite", "agreement": 0.75},
-                    {"a": "a.onnx", "b": "d.onnx", "agreement": 1.0},
-                    {"a": "b.tflite", "b": "d.onnx", "agreement": 0.75}]
+    rows = parity(
+        [
+            {"path": "a.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
+            {"path": "b.tflite", "status": "ok", "predictions": [0, 1, 2, 0]},
+            {"path": "c.tflite", "status": "skipped"},
+            {"path": "d.onnx", "status": "ok", "predictions": [0, 1, 2, 3]},
+        ]
+    )
+    assert rows == [
+        {"a": "a.onnx", "b": "b.tflite", "agreement": 0.75},
+        {"a": "a.onnx", "b": "d.onnx", "agreement": 1.0},
+        {"a": "b.tflite", "b": "d.onnx", "agreement": 0.75},
+    ]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmRSS is read from /proc")
@@ -151,8 +185,12 @@ def test_model_rss_grows_with_the_model_not_the_batch(tmp_path):
 
     def measure(hidden: int, n: int) -> float:
         x = rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
-        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, hidden),
-                                    torch.nn.ReLU(), torch.nn.Linear(hidden, 4)).eval()
+        model = torch.nn.Sequential(
+            torch.nn.Flatten(),
+            torch.nn.Linear(3 * 32 * 32, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, 4),
+        ).eval()
         path = export_onnx(model, (3, 32, 32), tmp_path / f"m{hidden}_{n}.onnx")
         with torch.no_grad():
             ref = model(torch.from_numpy(x)).numpy()

@@ -10,8 +10,14 @@ from click.testing import CliRunner
 
 from exporter.cli import cli
 
-FAST = ["--set", "runtime.runs=20", "--set", "runtime.warmup=2",
-        "--set", "compress.finetune.epochs=1"]
+FAST = [
+    "--set",
+    "runtime.runs=20",
+    "--set",
+    "runtime.warmup=2",
+    "--set",
+    "compress.finetune.epochs=1",
+]
 
 
 def invoke(*args):
@@ -22,8 +28,18 @@ def invoke(*args):
 def trained(tmp_path_factory):
     """The seed CNN trained on a few digits epochs through the CLI, as a user would."""
     tmp = tmp_path_factory.mktemp("cli")
-    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4",
-                 "--out", tmp / "seed.pt", "-q")
+    res = invoke(
+        "train",
+        "--model",
+        "seed-cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "4",
+        "--out",
+        tmp / "seed.pt",
+        "-q",
+    )
     assert res.exit_code == 0, res.output
     assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
     return tmp / "seed.pt"
@@ -40,8 +56,9 @@ def assert_one_line_error(res, *fragments, code=2):
 
 def no_leftovers(parent: Path, out: Path):
     assert not out.exists(), f"{out} was written"
-    assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")], \
+    assert not [p for p in parent.iterdir() if p.name.startswith(f".{out.name}.")], (
         "a temp directory was left behind"
+    )
 
 
 def test_run_end_to_end(trained, tmp_path):
@@ -55,8 +72,9 @@ def test_run_end_to_end(trained, tmp_path):
     assert report["reference"]["params"] > 0 and report["reference"]["macs"] > 0
     assert "hold-out" in report["data"]["eval_note"]
     by_path = {a["path"]: a for a in report["artifacts"]}
-    assert {"model.fp32.onnx", "model.fp32.tflite", "model.int8.onnx",
-            "model.int8.tflite"} <= set(by_path)
+    assert {"model.fp32.onnx", "model.fp32.tflite", "model.int8.onnx", "model.int8.tflite"} <= set(
+        by_path
+    )
     i8 = by_path["model.int8.tflite"]
     assert i8["transpose_count"] == 0 and i8["io_dtype"] == "float32"
     assert i8["bytes"] < 0.4 * by_path["model.fp32.tflite"]["bytes"]
@@ -65,8 +83,9 @@ def test_run_end_to_end(trained, tmp_path):
         assert art["accuracy_drop"] <= 1.5, art["path"]  # the x86_64 recipe's budget
     tfl = by_path["model.fp32.tflite"]
     assert tfl["transpose_count"] == 0 and tfl["input"]["layout"] == "nhwc"
-    assert tfl["max_abs_diff"] == pytest.approx(by_path["model.fp32.onnx"]["max_abs_diff"],
-                                                abs=1e-4)
+    assert tfl["max_abs_diff"] == pytest.approx(
+        by_path["model.fp32.onnx"]["max_abs_diff"], abs=1e-4
+    )
     assert tfl["accuracy"] == by_path["model.fp32.onnx"]["accuracy"]
     assert report["quantization"]["within_budget"]
     pairs = {(p["a"], p["b"]): p["agreement"] for p in report["parity"]}
@@ -75,9 +94,23 @@ def test_run_end_to_end(trained, tmp_path):
     assert pairs[("model.int8.onnx", "model.int8.tflite")] == 1.0
     assert "predictions" not in art
     art = by_path["model.fp32.onnx"]
-    for key in ("path", "format", "precision", "storage", "bytes", "gzip_bytes", "accuracy",
-                "accuracy_drop", "agreement", "max_abs_diff", "latency_ms", "threads", "runtime",
-                "peak_rss_mb", "budgets"):
+    for key in (
+        "path",
+        "format",
+        "precision",
+        "storage",
+        "bytes",
+        "gzip_bytes",
+        "accuracy",
+        "accuracy_drop",
+        "agreement",
+        "max_abs_diff",
+        "latency_ms",
+        "threads",
+        "runtime",
+        "peak_rss_mb",
+        "budgets",
+    ):
         assert key in art, key
     assert art["format"] == "onnx" and art["precision"] == "fp32"
     assert abs(art["accuracy_drop"]) <= 1.5 and art["budgets"]["max_accuracy_drop"]["ok"]
@@ -107,8 +140,9 @@ def test_qat_runs_when_int8_misses_its_budget(trained, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "_quantize", missed)
     out = tmp_path / "dist"
-    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST,
-                 "--qat-epochs", "1")
+    res = invoke(
+        "run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST, "--qat-epochs", "1"
+    )
     assert res.exit_code in (0, 1), res.output
     report = json.loads((out / "report.json").read_text())
     q = report["quantization"]
@@ -127,8 +161,21 @@ def test_qat_runs_when_int8_misses_its_budget(trained, tmp_path, monkeypatch):
 
 def test_budget_failure_exits_1(trained, tmp_path):
     out = tmp_path / "d"
-    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
-                 "--set", 'export.formats=["onnx"]', "--set", "budgets.max_bytes=1000", *FAST)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        trained,
+        "--out",
+        out,
+        "-q",
+        "--set",
+        'export.formats=["onnx"]',
+        "--set",
+        "budgets.max_bytes=1000",
+        *FAST,
+    )
     assert res.exit_code == 1
     report = json.loads((out / "report.json").read_text())
     assert report["passed"] is False
@@ -137,11 +184,34 @@ def test_budget_failure_exits_1(trained, tmp_path):
 
 def test_onnx_entry_skips_compression(trained, tmp_path):
     first = tmp_path / "a"
-    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", first, "-q",
-                  "--set", 'export.formats=["onnx"]', *FAST).exit_code == 0
+    assert (
+        invoke(
+            "run",
+            "--model",
+            "seed-cnn",
+            "--weights",
+            trained,
+            "--out",
+            first,
+            "-q",
+            "--set",
+            'export.formats=["onnx"]',
+            *FAST,
+        ).exit_code
+        == 0
+    )
     second = tmp_path / "b"
-    res = invoke("run", "--model", first / "model.fp32.onnx", "--out", second, "-q",
-                 "--set", 'export.formats=["onnx"]', *FAST)
+    res = invoke(
+        "run",
+        "--model",
+        first / "model.fp32.onnx",
+        "--out",
+        second,
+        "-q",
+        "--set",
+        'export.formats=["onnx"]',
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((second / "report.json").read_text())
     assert report["compression"]["method"].startswith("skipped")
@@ -198,15 +268,24 @@ def test_bad_inputs_one_line_exit_2_nothing_written(trained, tmp_path, nets, rgb
         (["--model", f"{nets}:nothing"], "returned NoneType, not a torch.nn.Module"),
         (["--model", f"{nets}:Tuple"], "returns a tuple"),
         (["--model", f"{nets}:TwoClass"], "label 9 is outside the model's 2 classes"),
-        (["--model", f"{nets}:TwoClass", "--data", f"npz:{rgb_npz}"],
-         "does not accept 3x8x8 images"),
+        (
+            ["--model", f"{nets}:TwoClass", "--data", f"npz:{rgb_npz}"],
+            "does not accept 3x8x8 images",
+        ),
         (["--model", "seed-cnn", "--data", f"npz:{empty_npz}"], "the data set is empty"),
-        (["--model", "seed-cnn", "--weights", trained, "--target", "mars"], "unknown target 'mars'"),
-        (["--model", "seed-cnn", "--weights", trained, "--set", "runtime.thread=2"],
-         "unknown key 'thread'"),
+        (
+            ["--model", "seed-cnn", "--weights", trained, "--target", "mars"],
+            "unknown target 'mars'",
+        ),
+        (
+            ["--model", "seed-cnn", "--weights", trained, "--set", "runtime.thread=2"],
+            "unknown key 'thread'",
+        ),
         (["--model", corrupt_onnx], "corrupt.onnx: not a valid ONNX model"),
-        (["--model", "seed-cnn", "--weights", trained, "--data", "npz:/nonexistent.npz"],
-         "not found"),
+        (
+            ["--model", "seed-cnn", "--weights", trained, "--data", "npz:/nonexistent.npz"],
+            "not found",
+        ),
     ]
     for args, fragment in cases:
         out = tmp_path / "out"
@@ -222,8 +301,20 @@ def test_existing_out_needs_force(trained, tmp_path):
     res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST)
     assert_one_line_error(res, "already exists (use --force")
     assert (out / "keep.txt").read_text() == "mine"
-    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "--force",
-                 "-q", "--set", 'export.formats=["onnx"]', *FAST)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        trained,
+        "--out",
+        out,
+        "--force",
+        "-q",
+        "--set",
+        'export.formats=["onnx"]',
+        *FAST,
+    )
     assert res.exit_code == 0
     assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
 
@@ -241,8 +332,19 @@ def test_targets_list_and_show():
 
 def test_inspect_onnx(trained, tmp_path):
     out = tmp_path / "d"
-    invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
-           "--set", 'export.formats=["onnx"]', *FAST)
+    invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        trained,
+        "--out",
+        out,
+        "-q",
+        "--set",
+        'export.formats=["onnx"]',
+        *FAST,
+    )
     res = invoke("inspect", out / "model.fp32.onnx")
     assert res.exit_code == 0
     assert "Conv x2" in res.output and "Gemm x2" in res.output
@@ -259,8 +361,18 @@ def test_train_refuses_to_overwrite(trained):
 
 
 def test_train_is_deterministic(trained, tmp_path):
-    res = invoke("train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4",
-                 "--out", tmp_path / "again.pt", "-q")
+    res = invoke(
+        "train",
+        "--model",
+        "seed-cnn",
+        "--data",
+        "digits",
+        "--epochs",
+        "4",
+        "--out",
+        tmp_path / "again.pt",
+        "-q",
+    )
     assert res.exit_code == 0
     first = torch.load(trained, weights_only=True)
     again = torch.load(tmp_path / "again.pt", weights_only=True)
@@ -270,9 +382,12 @@ def test_train_is_deterministic(trained, tmp_path):
 def test_python_api_mirrors_cli(trained, tmp_path):
     import exporter
 
-    result = exporter.run("seed-cnn", tmp_path / "api", weights=str(trained),
-                          overrides=('export.formats=["onnx"]', 'export.precisions=["fp32"]',
-                                     *FAST[1::2]))
+    result = exporter.run(
+        "seed-cnn",
+        tmp_path / "api",
+        weights=str(trained),
+        overrides=('export.formats=["onnx"]', 'export.precisions=["fp32"]', *FAST[1::2]),
+    )
     assert result.passed
     on_disk = json.loads((tmp_path / "api" / "report.json").read_text())
     assert on_disk["artifacts"][0]["accuracy"] == result.report["artifacts"][0]["accuracy"]
@@ -286,12 +401,26 @@ def test_exported_program_runs_like_the_eager_model(trained, tmp_path):
     # A static batch of 1, as torch.export gives by default.
     program = torch.export.export(model.eval(), (torch.zeros(1, 1, 8, 8),))
     torch.export.save(program, tmp_path / "seed.pt2")
-    args = ["--set", 'export.formats=["onnx"]', "--set", 'export.precisions=["fp32"]',
-            "--set", "export.storage=[\"dense\"]", "-q", *FAST]
-    assert invoke("run", "--model", tmp_path / "seed.pt2", "--out", tmp_path / "a",
-                  *args).exit_code == 0
-    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", tmp_path / "b",
-                  *args).exit_code == 0
+    args = [
+        "--set",
+        'export.formats=["onnx"]',
+        "--set",
+        'export.precisions=["fp32"]',
+        "--set",
+        'export.storage=["dense"]',
+        "-q",
+        *FAST,
+    ]
+    assert (
+        invoke("run", "--model", tmp_path / "seed.pt2", "--out", tmp_path / "a", *args).exit_code
+        == 0
+    )
+    assert (
+        invoke(
+            "run", "--model", "seed-cnn", "--weights", trained, "--out", tmp_path / "b", *args
+        ).exit_code
+        == 0
+    )
     a = json.loads((tmp_path / "a" / "report.json").read_text())
     b = json.loads((tmp_path / "b" / "report.json").read_text())
     assert a["compression"]["pruned_fraction"] == pytest.approx(0.75, abs=1e-3)
@@ -300,9 +429,23 @@ def test_exported_program_runs_like_the_eager_model(trained, tmp_path):
 
 def test_uint8_camera_input(trained, tmp_path):
     out = tmp_path / "u8"
-    res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
-                 "--set", 'export.formats=["tflite"]', "--set", 'export.precisions=["fp32","int8"]',
-                 "--set", "quantize.tflite_io=uint8", *FAST)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        trained,
+        "--out",
+        out,
+        "-q",
+        "--set",
+        'export.formats=["tflite"]',
+        "--set",
+        'export.precisions=["fp32","int8"]',
+        "--set",
+        "quantize.tflite_io=uint8",
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
     by_path = {a["path"]: a for a in report["artifacts"]}
@@ -328,8 +471,22 @@ def test_uint8_camera_input(trained, tmp_path):
 
 def test_inspect_tflite_shows_io_contract(trained, tmp_path):
     out = tmp_path / "d"
-    assert invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, "-q",
-                  "--set", 'export.formats=["tflite"]', *FAST).exit_code == 0
+    assert (
+        invoke(
+            "run",
+            "--model",
+            "seed-cnn",
+            "--weights",
+            trained,
+            "--out",
+            out,
+            "-q",
+            "--set",
+            'export.formats=["tflite"]',
+            *FAST,
+        ).exit_code
+        == 0
+    )
     res = invoke("inspect", out / "model.int8.tflite")
     assert res.exit_code == 0, res.output
     assert "input: input [1, 8, 8, 1] float32" in res.output

@@ -82,8 +82,9 @@ def test_compare_one_dir_with_its_check_and_files(dirs, tmp_path):
     assert len(rows) == 6 and sum("alpha:rpi4-qemu │ seed-cnn │ rpi4-qemu" in r for r in rows) == 3
     assert "emulated" in res.output  # the check's latencies are flagged
     # Report files work too; a file named twice (directly and via its dir) counts once.
-    res = invoke("compare", a / "report.json", a, a / "checks" / "rpi4-qemu.json",
-                 "--html", html, "--force")
+    res = invoke(
+        "compare", a / "report.json", a, a / "checks" / "rpi4-qemu.json", "--html", html, "--force"
+    )
     assert res.exit_code == 0, res.output
     assert len(_table_rows(res.output)) == 6
     assert_self_contained(html.read_text())

@@ -26,12 +26,15 @@ class ConcatNet(nn.Module):
         return self.fc(self.dw(y).mean((2, 3)))
 
 
-@pytest.mark.parametrize("factory, shape", [
-    (lambda: SeedCNN(3, (16, 16), 10), (3, 16, 16)),
-    (lambda: randomize_batchnorm(ResNet8(3, (16, 16), 10)), (3, 16, 16)),
-    (lambda: randomize_batchnorm(MobileNetV2Cifar(3, (32, 32), 10)), (3, 32, 32)),
-    (lambda: randomize_batchnorm(ConcatNet()), (3, 16, 16)),
-])
+@pytest.mark.parametrize(
+    "factory, shape",
+    [
+        (lambda: SeedCNN(3, (16, 16), 10), (3, 16, 16)),
+        (lambda: randomize_batchnorm(ResNet8(3, (16, 16), 10)), (3, 16, 16)),
+        (lambda: randomize_batchnorm(MobileNetV2Cifar(3, (32, 32), 10)), (3, 32, 32)),
+        (lambda: randomize_batchnorm(ConcatNet()), (3, 16, 16)),
+    ],
+)
 def test_channels_really_removed_and_model_still_exports(factory, shape, tmp_path):
     torch.manual_seed(0)
     model = factory()
@@ -67,8 +70,9 @@ def test_compress_runs_channels_then_weights():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 3, 16, 16)).astype(np.float32)
     y = rng.integers(0, 10, 64)
-    spec = CompressSpec(channels=ChannelSpec(ratio=0.5, round_to=4),
-                        finetune=FinetuneSpec(epochs=1, batch_size=16))
+    spec = CompressSpec(
+        channels=ChannelSpec(ratio=0.5, round_to=4), finetune=FinetuneSpec(epochs=1, batch_size=16)
+    )
     res = compress(model, spec, x, y, input_shape=(3, 16, 16))
     assert res.method == "channel pruning 50% + fine-tune"
     assert res.channels["params_after"] < res.channels["params_before"]

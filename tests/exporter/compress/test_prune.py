@@ -101,9 +101,10 @@ def _data(n=128, seed=0):
 def test_masks_hold_through_finetuning(schedule, monkeypatch):
     m = _model()
     x, y = _data()
-    spec = CompressSpec(prune=PruneSpec(sparsity=0.8, scope="global", exclude=[],
-                                        schedule=schedule),
-                        finetune=FinetuneSpec(epochs=3, lr=0.05, batch_size=16))
+    spec = CompressSpec(
+        prune=PruneSpec(sparsity=0.8, scope="global", exclude=[], schedule=schedule),
+        finetune=FinetuneSpec(epochs=3, lr=0.05, batch_size=16),
+    )
     # Record the zero set after every optimiser step: once zero (after the ramp), stays zero.
     import exporter.compress as comp
 
@@ -114,6 +115,7 @@ def test_masks_hold_through_finetuning(schedule, monkeypatch):
         def wrapped():
             after_step()
             seen.append({n: (p == 0).clone() for n, p in prunable_weights(model, []).items()})
+
         return real_train(model, inputs, labels, cfg, after_step=wrapped, **kw)
 
     monkeypatch.setattr(comp, "train", spy_train)
@@ -121,7 +123,7 @@ def test_masks_hold_through_finetuning(schedule, monkeypatch):
     assert abs(result.pruned_fraction - 0.8) < 1e-3
     final = seen[-1]
     ramp_end = int(len(seen) * comp.RAMP_FRACTION) if schedule == "gradual" else 0
-    for step in seen[ramp_end + 1:]:
+    for step in seen[ramp_end + 1 :]:
         for n in final:
             assert torch.equal(step[n], final[n]), f"mask of {n} changed after the ramp"
     if schedule == "gradual":  # sparsity grows during the ramp

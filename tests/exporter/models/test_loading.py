@@ -51,11 +51,14 @@ def test_module_factory():
     assert loaded.module.fc.out_features == 4
 
 
-@pytest.mark.parametrize("attr, match", [
-    ("broken", "raised RuntimeError: factory exploded"),
-    ("not_a_module", "returned int, not a torch.nn.Module"),
-    ("Missing", "'Missing' not found"),
-])
+@pytest.mark.parametrize(
+    "attr, match",
+    [
+        ("broken", "raised RuntimeError: factory exploded"),
+        ("not_a_module", "returned int, not a torch.nn.Module"),
+        ("Missing", "'Missing' not found"),
+    ],
+)
 def test_bad_factories(nets_file, attr, match):
     with pytest.raises(ModelLoadError, match=match):
         load_model(f"{nets_file}:{attr}", 3, (8, 8), 10)
@@ -89,6 +92,7 @@ def test_weights_mismatch_names_keys(tmp_path):
 class _Evil:
     def __reduce__(self):
         import os
+
         return (os.system, ("touch /tmp/edgepack-pwned",))
 
 

@@ -71,9 +71,15 @@ def read_model_metadata(buf: bytes) -> dict:
     """The ModelMetadata fields edgepack writes, as plain Python values."""
     assert buf[4:8] == b"M001", buf[4:8]
     root = Tab(buf, encode.Get(N.UOffsetTFlags.packer_type, bytearray(buf), 0))
-    out = {"name": root.string(0), "description": root.string(1), "version": root.string(2),
-           "author": root.string(4), "license": root.string(5),
-           "min_parser_version": root.string(7), "subgraphs": []}
+    out = {
+        "name": root.string(0),
+        "description": root.string(1),
+        "version": root.string(2),
+        "author": root.string(4),
+        "license": root.string(5),
+        "min_parser_version": root.string(7),
+        "subgraphs": [],
+    }
     for sg in root.tables(3):
         (inp,) = sg.tables(2)
         (outp,) = sg.tables(3)
@@ -84,14 +90,27 @@ def read_model_metadata(buf: bytes) -> dict:
         norm = unit.union(1)
         stats = inp.table(5)
         o_content = outp.table(3)
-        out["subgraphs"].append({
-            "input": {"name": inp.string(0), "description": inp.string(1),
-                      "content_type": content.uint8(0), "color_space": image.int8(0),
-                      "width": size.uint32(0), "height": size.uint32(1),
-                      "unit_type": unit.uint8(0), "mean": norm.floats(0), "std": norm.floats(1),
-                      "stats_max": stats.floats(0), "stats_min": stats.floats(1)},
-            "output": {"name": outp.string(0), "description": outp.string(1),
-                       "content_type": o_content.uint8(0),
-                       "files": [_file(f) for f in outp.tables(6)]},
-        })
+        out["subgraphs"].append(
+            {
+                "input": {
+                    "name": inp.string(0),
+                    "description": inp.string(1),
+                    "content_type": content.uint8(0),
+                    "color_space": image.int8(0),
+                    "width": size.uint32(0),
+                    "height": size.uint32(1),
+                    "unit_type": unit.uint8(0),
+                    "mean": norm.floats(0),
+                    "std": norm.floats(1),
+                    "stats_max": stats.floats(0),
+                    "stats_min": stats.floats(1),
+                },
+                "output": {
+                    "name": outp.string(0),
+                    "description": outp.string(1),
+                    "content_type": o_content.uint8(0),
+                    "files": [_file(f) for f in outp.tables(6)],
+                },
+            }
+        )
     return out

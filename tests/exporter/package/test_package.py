@@ -20,10 +20,23 @@ from exporter.errors import PackageError
 from exporter.package.zipfile_det import FIXED_TIME, check_entry_name, zip_bytes
 from tests.exporter.package.fb_reader import read_model_metadata
 
-FAST = ["--set", "runtime.runs=10", "--set", "runtime.warmup=1",
-        "--set", "compress.finetune.epochs=1"]
-PACKAGE_FILES = {"model.tflite", "model.ort", "required_operators.config", "labels.txt",
-                 "manifest.json", "USAGE.md", "sample_inputs.npz"}
+FAST = [
+    "--set",
+    "runtime.runs=10",
+    "--set",
+    "runtime.warmup=1",
+    "--set",
+    "compress.finetune.epochs=1",
+]
+PACKAGE_FILES = {
+    "model.tflite",
+    "model.ort",
+    "required_operators.config",
+    "labels.txt",
+    "manifest.json",
+    "USAGE.md",
+    "sample_inputs.npz",
+}
 
 
 def invoke(*args):
@@ -45,8 +58,20 @@ def run_dir(tmp_path_factory) -> Path:
     res = invoke("train", "--data", "digits", "--epochs", "3", "--out", tmp / "seed.pt", "-q")
     assert res.exit_code == 0, res.output
     out = tmp / "small"
-    res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--out", out,
-                 "-q", "--package", "--platform", "android", *FAST)
+    res = invoke(
+        "run",
+        "--model",
+        "seed-cnn",
+        "--weights",
+        tmp / "seed.pt",
+        "--out",
+        out,
+        "-q",
+        "--package",
+        "--platform",
+        "android",
+        *FAST,
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -54,10 +79,12 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def copy_dir(run_dir, tmp_path):
     """A copy of the run without its package, to damage freely."""
+
     def make(name: str = "copy") -> Path:
         dst = tmp_path / name
         shutil.copytree(run_dir, dst, ignore=shutil.ignore_patterns("package", "*.zip"))
         return dst
+
     return make
 
 
@@ -117,7 +144,7 @@ def test_verify_passes_on_fresh_package(run_dir):
 
 
 def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
 
 
 def _rewrite(src: Path, dst: Path, change) -> Path:
@@ -128,15 +155,22 @@ def _rewrite(src: Path, dst: Path, change) -> Path:
     return dst
 
 
-@pytest.mark.parametrize(("change", "fragments"), [
-    (lambda f: f.__setitem__("labels.txt", f["labels.txt"] + b"x\n"),
-     ("altered", "labels.txt")),
-    (lambda f: f.__setitem__("model.tflite", _flip(f["model.tflite"], 1000)),
-     ("altered", "model.tflite")),
-    (lambda f: f.pop("model.ort"), ("missing", "model.ort")),
-    (lambda f: f.__setitem__("notes.txt", b"hi"), ("extra", "notes.txt")),
-    (lambda f: f.pop("manifest.json"), ("no manifest.json",)),
-])
+@pytest.mark.parametrize(
+    ("change", "fragments"),
+    [
+        (
+            lambda f: f.__setitem__("labels.txt", f["labels.txt"] + b"x\n"),
+            ("altered", "labels.txt"),
+        ),
+        (
+            lambda f: f.__setitem__("model.tflite", _flip(f["model.tflite"], 1000)),
+            ("altered", "model.tflite"),
+        ),
+        (lambda f: f.pop("model.ort"), ("missing", "model.ort")),
+        (lambda f: f.__setitem__("notes.txt", b"hi"), ("extra", "notes.txt")),
+        (lambda f: f.pop("manifest.json"), ("no manifest.json",)),
+    ],
+)
 def test_verify_fails(run_dir, tmp_path, change, fragments):
     bad = _rewrite(run_dir / "small-android.zip", tmp_path / "bad.zip", change)
     one_line_error(invoke("package", "--verify", bad), *fragments)
@@ -148,7 +182,7 @@ def _litert(model: bytes, x: np.ndarray) -> np.ndarray:
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
     rows = []
     for i in range(len(x)):
-        interp.set_tensor(inp["index"], x[i:i + 1])
+        interp.set_tensor(inp["index"], x[i : i + 1])
         interp.invoke()
         rows.append(interp.get_tensor(out["index"]).copy())
     return np.concatenate(rows)
@@ -185,11 +219,13 @@ def test_metadata_reads_back(run_dir):
     np.testing.assert_allclose(inp["mean"], np.array(norm["mean"]) * 255, rtol=1e-6)
     np.testing.assert_allclose(inp["std"], np.array(norm["std"]) * 255, rtol=1e-6)
     x = np.load(run_dir / "eval_batch.npz")["inputs"]  # 0 and 255 both occur in digits
-    np.testing.assert_allclose([inp["stats_min"][0], inp["stats_max"][0]],
-                               [x.min(), x.max()], rtol=1e-5)
+    np.testing.assert_allclose(
+        [inp["stats_min"][0], inp["stats_max"][0]], [x.min(), x.max()], rtol=1e-5
+    )
     assert out["name"] == "logits" and out["content_type"] == 1  # FeatureProperties
-    assert out["files"] == [{"name": "labels.txt", "description": "class names, one per line",
-                             "type": 2}]  # TENSOR_AXIS_LABELS
+    assert out["files"] == [
+        {"name": "labels.txt", "description": "class names, one per line", "type": 2}
+    ]  # TENSOR_AXIS_LABELS
     with zipfile.ZipFile(io.BytesIO(model)) as zf:  # the associated file, packed in the model
         (info,) = zf.infolist()
         assert info.filename == "labels.txt" and info.compress_type == zipfile.ZIP_STORED
@@ -214,10 +250,11 @@ def test_metadata_with_tflite_support_reader(run_dir):
 def test_ort_model_matches_onnx_top1(run_dir):
     batch = np.load(run_dir / "eval_batch.npz")
     x = batch["inputs"]
-    ref = ort.InferenceSession(str(run_dir / "model.int8.onnx"),
-                               providers=["CPUExecutionProvider"])
-    packed = ort.InferenceSession((run_dir / "package" / "android" / "model.ort").read_bytes(),
-                                  providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(run_dir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    packed = ort.InferenceSession(
+        (run_dir / "package" / "android" / "model.ort").read_bytes(),
+        providers=["CPUExecutionProvider"],
+    )
     top_ref = ref.run(None, {ref.get_inputs()[0].name: x})[0].argmax(1)
     top_pkg = packed.run(None, {packed.get_inputs()[0].name: x})[0].argmax(1)
     assert np.array_equal(top_ref, top_pkg)
@@ -237,6 +274,7 @@ def test_failed_validation_refused_then_allowed(copy_dir):
     def fail(r):
         r["passed"] = False
         r["reasons"] = ["model.fp32.tflite: max_latency_p90_ms 9.0 > 1.0"]
+
     edit_report(d, fail)
     one_line_error(invoke("package", d), "failed validation", "--allow-failed")
     assert not (d / "package").exists() and not (d / "failed-android.zip").exists()

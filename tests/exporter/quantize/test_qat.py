@@ -71,8 +71,13 @@ def _int8_vs_float(model, x, root):
     difference between a float weight and its int8 copy in the QDQ model."""
     fp32 = export_onnx(model, (1, 8, 8), root / "fp32.onnx")
     int8 = root / "int8.onnx"
-    quantize_onnx(fp32, int8, QuantSettings("minmax", False), calib_inputs=x[:256],
-                  cache=calibration_cache(root, "minmax"))
+    quantize_onnx(
+        fp32,
+        int8,
+        QuantSettings("minmax", False),
+        calib_inputs=x[:256],
+        cache=calibration_cache(root, "minmax"),
+    )
     outs = []
     for path in (fp32, int8):
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -34,15 +34,18 @@ def _logits(path, x):
     return sess.run(None, {"input": x})[0]
 
 
-@pytest.mark.parametrize("setting, kind, cpu, expected", [
-    ("auto", "local", {"machine": "x86_64", "features": ["avx2", "fma"]}, True),
-    ("auto", "local", {"machine": "x86_64", "features": ["avx2", "avx512_vnni"]}, False),
-    ("auto", "local", {"machine": "x86_64", "features": ["avx2", "avx_vnni"]}, False),
-    ("auto", "local", {"machine": "aarch64", "features": ["asimd", "asimddp"]}, False),
-    ("auto", "qemu", {"machine": "x86_64", "features": ["avx2"]}, False),
-    ("on", "local", {"machine": "aarch64", "features": []}, True),
-    ("off", "local", {"machine": "x86_64", "features": ["avx2"]}, False),
-])
+@pytest.mark.parametrize(
+    "setting, kind, cpu, expected",
+    [
+        ("auto", "local", {"machine": "x86_64", "features": ["avx2", "fma"]}, True),
+        ("auto", "local", {"machine": "x86_64", "features": ["avx2", "avx512_vnni"]}, False),
+        ("auto", "local", {"machine": "x86_64", "features": ["avx2", "avx_vnni"]}, False),
+        ("auto", "local", {"machine": "aarch64", "features": ["asimd", "asimddp"]}, False),
+        ("auto", "qemu", {"machine": "x86_64", "features": ["avx2"]}, False),
+        ("on", "local", {"machine": "aarch64", "features": []}, True),
+        ("off", "local", {"machine": "x86_64", "features": ["avx2"]}, False),
+    ],
+)
 def test_reduce_range_decision(setting, kind, cpu, expected):
     on, reason = decide_reduce_range(setting, kind, cpu)
     assert on is expected and reason
@@ -54,9 +57,16 @@ def test_int8_onnx_tracks_float_on_this_cpu(digits_model):
     from runtime_check.cpu import describe_cpu
 
     tmp, tr_x, tr_y, ev_x, ev_y = digits_model
-    outcome = quantize_stage(tmp / "fp32.onnx", tmp / "int8.onnx", QuantizeSpec(),
-                             calib_x=tr_x[:128], tune_x=tr_x[128:600], tune_y=tr_y[128:600],
-                             device_kind="local", cpu=describe_cpu())
+    outcome = quantize_stage(
+        tmp / "fp32.onnx",
+        tmp / "int8.onnx",
+        QuantizeSpec(),
+        calib_x=tr_x[:128],
+        tune_x=tr_x[128:600],
+        tune_y=tr_y[128:600],
+        device_kind="local",
+        cpu=describe_cpu(),
+    )
     ref = _logits(tmp / "fp32.onnx", ev_x)
     q = _logits(tmp / "int8.onnx", ev_x)
     agreement = (ref.argmax(1) == q.argmax(1)).mean()
@@ -72,10 +82,16 @@ def test_int8_onnx_tracks_float_on_this_cpu(digits_model):
 def test_search_tries_fallbacks_then_float_layers(digits_model, tmp_path):
     tmp, tr_x, tr_y, _, _ = digits_model
     spec = QuantizeSpec(max_drop=-1.0, max_float_layers=2)  # unreachable: exercise every step
-    outcome = quantize_stage(tmp / "fp32.onnx", tmp_path / "int8.onnx", spec,
-                             calib_x=tr_x[:64], tune_x=tr_x[64:300], tune_y=tr_y[64:300],
-                             device_kind="local", cpu={"machine": "x86_64",
-                                                       "features": ["avx512_vnni"]})
+    outcome = quantize_stage(
+        tmp / "fp32.onnx",
+        tmp_path / "int8.onnx",
+        spec,
+        calib_x=tr_x[:64],
+        tune_x=tr_x[64:300],
+        tune_y=tr_y[64:300],
+        device_kind="local",
+        cpu={"machine": "x86_64", "features": ["avx512_vnni"]},
+    )
     methods = [a["method"] for a in outcome.attempts if not a["float_layers"]]
     assert methods == ["minmax", "percentile", "entropy"]
     floats = [a["float_layers"] for a in outcome.attempts if a["float_layers"]]
@@ -89,14 +105,20 @@ def test_search_tries_fallbacks_then_float_layers(digits_model, tmp_path):
     model = onnx.load(str(tmp_path / "int8.onnx"))
     for node in model.graph.node:
         if node.name in chosen["float_layers"]:
-            assert not any(i.endswith("_DequantizeLinear_Output") and "weight" in i
-                           for i in node.input)
+            assert not any(
+                i.endswith("_DequantizeLinear_Output") and "weight" in i for i in node.input
+            )
 
 
 def test_sensitivity_names_a_broken_layer(digits_model, tmp_path):
     tmp, tr_x, _, ev_x, _ = digits_model
-    quantize_onnx(tmp / "fp32.onnx", tmp_path / "q.onnx", QuantSettings(),
-                  calib_inputs=tr_x[:64], cache=calibration_cache(tmp_path, "minmax"))
+    quantize_onnx(
+        tmp / "fp32.onnx",
+        tmp_path / "q.onnx",
+        QuantSettings(),
+        calib_inputs=tr_x[:64],
+        cache=calibration_cache(tmp_path, "minmax"),
+    )
     rows = layer_sensitivity(tmp / "fp32.onnx", tmp_path / "q.onnx", ev_x[:100])
     assert [r["op"] for r in rows][0] == "Conv+Relu"
     assert all(r["cosine"] > 0.99 for r in rows)

@@ -16,8 +16,12 @@ class MobileNetV2Small(MobileNetV2Like):
     """Wide enough that int8 per-channel scales are a small share of the file."""
 
     def __init__(self, num_classes: int = 10):
-        super().__init__(32, [(32, 32, 1, 6), (32, 64, 2, 6), (64, 64, 1, 6), (64, 96, 2, 6),
-                              (96, 96, 1, 6)], 384, num_classes)
+        super().__init__(
+            32,
+            [(32, 32, 1, 6), (32, 64, 2, 6), (64, 64, 1, 6), (64, 96, 2, 6), (96, 96, 1, 6)],
+            384,
+            num_classes,
+        )
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -52,8 +52,9 @@ class InvertedResidual(nn.Module):
 class MobileNetV2Like(nn.Module):
     """Stem conv, inverted residuals (cin, cout, stride, expansion), 1x1 head, pool, FC."""
 
-    def __init__(self, stem: int, blocks: list[tuple[int, int, int, int]], head: int,
-                 num_classes: int = 10):
+    def __init__(
+        self, stem: int, blocks: list[tuple[int, int, int, int]], head: int, num_classes: int = 10
+    ):
         super().__init__()
         self.features = nn.Sequential(
             *_conv_bn(3, stem, 3),

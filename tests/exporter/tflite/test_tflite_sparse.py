@@ -54,10 +54,19 @@ def _pruned_net(pattern: str) -> nn.Module:
     net = _Net().eval()
     if pattern == "dense":
         return net
-    sparsity, block = {"random50": (0.5, [1, 1]), "random90": (0.9, [1, 1]),
-                       "block4_60": (0.6, [1, 4]), "block16_90": (0.9, [1, 16])}[pattern]
-    prune_model(net, sparsity=sparsity, scope="layer", exclude=["head"],
-                layout=block_layout(net, block, CHW))
+    sparsity, block = {
+        "random50": (0.5, [1, 1]),
+        "random90": (0.9, [1, 1]),
+        "block4_60": (0.6, [1, 4]),
+        "block16_90": (0.9, [1, 16]),
+    }[pattern]
+    prune_model(
+        net,
+        sparsity=sparsity,
+        scope="layer",
+        exclude=["head"],
+        layout=block_layout(net, block, CHW),
+    )
     return net
 
 
@@ -85,8 +94,10 @@ def _equal(a: np.ndarray, b: np.ndarray, int8: bool) -> None:
 # ----- encodings -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("limit", "dtype"), [(1, "uint8"), (256, "uint8"), (257, "uint16"),
-                                              (65536, "uint16"), (65537, "int32")])
+@pytest.mark.parametrize(
+    ("limit", "dtype"),
+    [(1, "uint8"), (256, "uint8"), (257, "uint16"), (65536, "uint16"), (65537, "int32")],
+)
 def test_index_dtype_boundaries(limit, dtype):
     assert index_dtype(limit) == dtype
 
@@ -152,8 +163,11 @@ def test_choosable_encoding_round_trips(models, precision, consumer, encoding, v
     store_tensor(sparse, weight, _encode(sparse.tensors[weight].data, encoding), via)
     sparse_bytes = serialize(sparse)
     assert describe_tflite(sparse_bytes)["ops"].get("DENSIFY", 0) == (via == "densify")
-    resolvers = ("builtin",) if (precision, consumer, via) == (
-        "int8", "FULLY_CONNECTED", "densify") else ("xnnpack", "builtin")
+    resolvers = (
+        ("builtin",)
+        if (precision, consumer, via) == ("int8", "FULLY_CONNECTED", "densify")
+        else ("xnnpack", "builtin")
+    )
     for resolver in resolvers:
         want = run_tflite(data, _feeds(), resolver)
         got = run_tflite(sparse_bytes, _feeds(), resolver)
@@ -288,8 +302,9 @@ def test_unstructured_block_is_the_old_path():
 def test_blocks_survive_export(models):
     """Pruned in the TFLite layout, so the converted weight has the same block sparsity."""
     _, graph, _ = convert(load_onnx_file(models["block16_90"][0]))
-    w = next(t.data for t in graph.tensors.values() if t.data is not None
-             and t.data.shape == (64, 256))
+    w = next(
+        t.data for t in graph.tensors.values() if t.data is not None and t.data.shape == (64, 256)
+    )
     assert block_sparsity(w, 16) == pytest.approx(float(np.mean(w == 0)))
     assert block_sparsity(w, 16) == pytest.approx(0.9, abs=1 / 64)
 
