@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import exporter  # noqa: E402
-from exporter.data import channel_stats, load_data, stratified_split  # noqa: E402
+from exporter.inputs.data import channel_stats, load_data, stratified_split  # noqa: E402
 from exporter.models.zoo import BUILTIN  # noqa: E402
-from exporter.onnx_io import export_onnx  # noqa: E402
-from exporter.training import TrainConfig, accuracy, predict, train  # noqa: E402
+from exporter.onnx.export import export_onnx  # noqa: E402
+from exporter.training.loop import TrainConfig, accuracy, predict, train  # noqa: E402
 from runtime_check.runtimes import open_session  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "cifar10" / "train.npz"

@@ -17,29 +17,29 @@ from torch import nn
 
 from exporter import __version__
 from exporter.artifacts import Artifact, save_manifest
-from exporter.atomic import atomic_dir
+from exporter.common.atomic import atomic_dir
+from exporter.common.progress import Progress, make_progress, stderr_console
 from exporter.compress import compress
-from exporter.data import check_fits
 from exporter.errors import DataError
-from exporter.models.complexity import count_params_macs
-from exporter.models.zoo import BUILTIN
-from exporter.onnx_io import export_onnx, load_onnx, onnx_input_shape, onnx_logits
-from exporter.prepare import (
+from exporter.inputs.data import check_fits
+from exporter.inputs.prepare import (
     build_torch_model,
     check_model_output,
     resolve_normalization,
     split_data,
 )
-from exporter.progress import Progress, make_progress, stderr_console
+from exporter.models.complexity import count_params_macs
+from exporter.models.zoo import BUILTIN
+from exporter.onnx.export import export_onnx, load_onnx, onnx_input_shape, onnx_logits
+from exporter.onnx.sparse import sparsify_onnx
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.quantize.onnx_int8 import calibration_cache, quantize_onnx
 from exporter.quantize.qat import qat_finetune
 from exporter.recipe import Recipe, load_recipe
-from exporter.report import build_report, print_table, write_report
-from exporter.report_html import write_html
-from exporter.sparse_onnx import sparsify_onnx
-from exporter.training import TrainConfig, accuracy, predict
-from exporter.validate import EVAL_BATCH, make_runner, validate
+from exporter.report.build import build_report, print_table, write_report
+from exporter.report.html import write_html
+from exporter.targets.validate import EVAL_BATCH, make_runner, validate
+from exporter.training.loop import TrainConfig, accuracy, predict
 from runtime_check.cpu import describe_cpu
 
 ONNX_FP32 = "model.fp32.onnx"

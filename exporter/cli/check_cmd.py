@@ -21,7 +21,7 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
 @click.pass_context
 def command(ctx, out_dir, target, host, overrides, force, quiet, as_json):
     """Validate the artifacts in OUT_DIR on TARGET; writes OUT_DIR/checks/<target>.json."""
-    from exporter.check import check_dir
+    from exporter.targets.check import check_dir
 
     report = check_dir(
         out_dir, target, host=host, overrides=tuple(overrides), force=force, quiet=quiet or as_json

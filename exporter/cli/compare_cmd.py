@@ -28,8 +28,8 @@ def command(inputs, html_path, force):
     Prints one table (a row per report and artifact) and writes one self-contained HTML page.
     Exit code 0, or 2 for bad input (nothing is written then).
     """
-    from exporter.atomic import check_writable
-    from exporter.compare import load_entries, print_compare, write_compare_html
+    from exporter.common.atomic import check_writable
+    from exporter.report.compare import load_entries, print_compare, write_compare_html
 
     entries = load_entries(inputs)
     # Refuse before printing anything, so a refused run leaves one line and no output.

@@ -16,7 +16,7 @@ from exporter.errors import InputFileError
 def command(path: Path, as_json: bool):
     """Describe an .onnx or .tflite file."""
     if path.suffix == ".onnx":
-        from exporter.onnx_io import describe_onnx
+        from exporter.onnx.export import describe_onnx
 
         info = describe_onnx(path)
     elif path.suffix == ".tflite":

@@ -16,8 +16,8 @@ def command() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 def setup(arch: str, force: bool, quiet: bool) -> None:
     """Build the ARM64 sysroot once into the cache ($EDGEPACK_CACHE, else ~/.cache/edgepack)."""
-    from exporter.progress import make_progress, stderr_console
-    from exporter.sysroot import build, problems, read_stamp, sysroot_for
+    from exporter.common.progress import make_progress, stderr_console
+    from exporter.targets.sysroot import build, problems, read_stamp, sysroot_for
 
     sr = sysroot_for(arch)
     console = stderr_console(quiet)
@@ -44,7 +44,7 @@ def status(arch: str, as_json: bool) -> None:
     import json
     import shutil
 
-    from exporter.sysroot import problems, read_stamp, sysroot_for
+    from exporter.targets.sysroot import problems, read_stamp, sysroot_for
 
     sr = sysroot_for(arch)
     issues = problems(sr)

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import torch
 
-from exporter.atomic import atomic_path, check_writable
+from exporter.common.atomic import atomic_path, check_writable
 
 
 @click.command("train")
@@ -42,11 +42,16 @@ def command(
     model, data, eval_data, epochs, lr, batch_size, augment, holdout, seed, out, force, quiet
 ):
     """Train MODEL on --data, holding out the split that `edgepack run` validates on."""
-    from exporter.data import channel_stats, check_fits
-    from exporter.prepare import build_torch_model, check_model_output, sidecar_path, split_data
-    from exporter.progress import make_progress, stderr_console
+    from exporter.common.progress import make_progress, stderr_console
+    from exporter.inputs.data import channel_stats, check_fits
+    from exporter.inputs.prepare import (
+        build_torch_model,
+        check_model_output,
+        sidecar_path,
+        split_data,
+    )
     from exporter.recipe import EvalSpec
-    from exporter.training import TrainConfig, accuracy, predict, train
+    from exporter.training.loop import TrainConfig, accuracy, predict, train
 
     check_writable(out, force)
     check_writable(sidecar_path(out), force)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from exporter.common.progress import Progress
 from exporter.compress.channels import prune_channels
 from exporter.compress.prune import (
     MaskSet,
@@ -19,9 +20,8 @@ from exporter.compress.prune import (
 )
 from exporter.compress.rounding import round_to_grid
 from exporter.errors import DataError
-from exporter.progress import Progress
 from exporter.recipe import CompressSpec
-from exporter.training import TrainConfig, train
+from exporter.training.loop import TrainConfig, train
 
 # Fraction of fine-tuning over which gradual pruning ramps up; the rest recovers accuracy.
 RAMP_FRACTION = 0.7

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from exporter import __version__
-from exporter.atomic import atomic_dir, atomic_path, check_writable
+from exporter.common.atomic import atomic_dir, atomic_path, check_writable
 from exporter.errors import PackageError
 from exporter.package.metadata import (
     ClassifierOutputMeta,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.onnx_io import onnx_logits
+from exporter.onnx.export import onnx_logits
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
 from exporter.recipe import QuantizeSpec

@@ -25,7 +25,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from exporter.atomic import atomic_path
+from exporter.common.atomic import atomic_path
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,

@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from exporter.common.progress import Progress
 from exporter.models.loading import set_mode
-from exporter.progress import Progress
-from exporter.training import TrainConfig, train
+from exporter.training.loop import TrainConfig, train
 
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_LEVELS = 127  # symmetric: -127..127

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import onnx
 
-from exporter.onnx_io import onnx_session, run_batched
+from exporter.onnx.export import onnx_session, run_batched
 
 LAYER_OPS = {
     "Conv",

@@ -18,7 +18,7 @@ from typing import Any
 
 import onnx
 
-from exporter.atomic import atomic_write_bytes
+from exporter.common.atomic import atomic_write_bytes
 from exporter.errors import InputFileError
 from exporter.tflite.convert import convert
 from exporter.tflite.onnx_reader import load_onnx_file

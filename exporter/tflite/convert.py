@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import onnx
 
 from exporter.errors import ConversionError, UnsupportedOpsError
+from exporter.tflite import fold_qdq
 from exporter.tflite import layout as L
-from exporter.tflite import qdq
 from exporter.tflite.context import ConversionContext
 from exporter.tflite.int8 import IO_DTYPES, quantize_graph
 from exporter.tflite.ir import Graph
@@ -93,7 +93,7 @@ def _rename(graph: Graph, old: str, new: str) -> None:
 
 
 def lower(
-    onnx_graph: OnnxGraph, input_layout: str = "nhwc", qdq_info: qdq.QdqInfo | None = None
+    onnx_graph: OnnxGraph, input_layout: str = "nhwc", qdq_info: fold_qdq.QdqInfo | None = None
 ) -> Graph:
     """Pre-flight, then lower every node and run the passes; returns the final IR graph.
 
@@ -162,7 +162,7 @@ def convert(
         )
     if io_dtype == "uint8" and input_layout != "nhwc":
         raise ValueError("io_dtype='uint8' takes raw NHWC camera pixels; use input_layout='nhwc'")
-    if not qdq.has_qdq(model):
+    if not fold_qdq.has_qdq(model):
         if io_dtype != "float32":
             raise ValueError(
                 f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
@@ -170,9 +170,9 @@ def convert(
         graph = lower(read_graph(model), input_layout)
         info = ConvertInfo()
         return _store(graph, info, storage, delegate), graph, info
-    weights = qdq.quantized_weight_names(model)
+    weights = fold_qdq.quantized_weight_names(model)
     onnx_graph = read_graph(model)
-    info = qdq.fold_qdq(onnx_graph, weights)
+    info = fold_qdq.fold_qdq(onnx_graph, weights)
     graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
     result = ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
     return _store(graph, result, storage, delegate), graph, result

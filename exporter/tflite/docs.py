@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from exporter.atomic import atomic_write_text
+from exporter.common.atomic import atomic_write_text
 
 DOC_PATH = Path(__file__).resolve().parents[2] / "docs" / "supported_ops.md"
 

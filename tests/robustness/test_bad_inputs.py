@@ -36,7 +36,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.exporter.cli.test_cli import assert_one_line_error, invoke
-from tests.exporter.test_remote_targets import _free_port, sshd  # noqa: F401 (fixture)
+from tests.exporter.targets.test_remote_targets import _free_port, sshd  # noqa: F401 (fixture)
 from tests.robustness.conftest import FAST, FP32_ONLY
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -833,7 +833,7 @@ def test_disk_full_on_output(tiny_disk, tmp_path, seed_weights, monkeypatch):
         def full(*_a, **_k):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-        monkeypatch.setattr("exporter.onnx_io.onnx.save_model", full)
+        monkeypatch.setattr("exporter.onnx.export.onnx.save_model", full)
         parent = tmp_path
     else:
         parent = tiny_disk

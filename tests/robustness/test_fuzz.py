@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from exporter.cli import cli
 from exporter.errors import EdgepackError
-from exporter.onnx_io import load_onnx
+from exporter.onnx.export import load_onnx
 from exporter.tflite import describe_tflite
 from runtime_check.runtimes import ArtifactError, open_session
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-from exporter.onnx_io import export_onnx, load_onnx
+from exporter.onnx.export import export_onnx, load_onnx
 from exporter.tflite import convert_model
 from runtime_check.evaluate import evaluate_artifact
 

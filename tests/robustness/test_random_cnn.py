@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from exporter.onnx_io import export_onnx, load_onnx, onnx_logits
+from exporter.onnx.export import export_onnx, load_onnx, onnx_logits
 from exporter.tflite import convert_model
 
 BLOCKS = ["conv", "depthwise", "relu", "relu6", "add", "maxpool", "avgpool", "concat"]

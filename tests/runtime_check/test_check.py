@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from exporter.models.zoo import SeedCNN
-from exporter.onnx_io import export_onnx
+from exporter.onnx.export import export_onnx
 from runtime_check import check
-from runtime_check.compare import judge_artifact, verdict
 from runtime_check.evaluate import evaluate_artifact, load_batch
+from runtime_check.verdict import judge_artifact, verdict
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_ort_reference_matches_runtime(onnx_and_batch):
 
 
 def test_parity_pairs_artifacts():
-    from runtime_check.compare import parity
+    from runtime_check.verdict import parity
 
     rows = parity(
         [

@@ -1,6 +1,6 @@
 """QuantizeLinear / DequantizeLinear: folded before lowering, never converted one by one.
 
-``exporter.tflite.qdq.fold_qdq`` turns every activation Q -> DQ pair into int8 parameters on
+``exporter.tflite.fold_qdq.fold_qdq`` turns every activation Q -> DQ pair into int8 parameters on
 the value, and ``read_graph`` evaluates the DequantizeLinear of each constant weight. Only a
 node outside those patterns reaches pre-flight, which reports it through the checks below.
 """

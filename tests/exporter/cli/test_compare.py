@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from exporter.cli import cli
-from tests.exporter.report_samples import (
+from tests.exporter.report.samples import (
     assert_self_contained,
     check_report,
     failing_report,

@@ -7,7 +7,7 @@ from torch import nn
 from exporter.compress import compress
 from exporter.compress.channels import prune_channels
 from exporter.models.zoo import MobileNetV2Cifar, ResNet8, SeedCNN
-from exporter.onnx_io import export_onnx
+from exporter.onnx.export import export_onnx
 from exporter.recipe import ChannelSpec, CompressSpec, FinetuneSpec
 from tests.conftest import randomize_batchnorm
 

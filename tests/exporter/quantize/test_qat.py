@@ -11,12 +11,12 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from exporter.data import channel_stats, load_data, stratified_split
+from exporter.inputs.data import channel_stats, load_data, stratified_split
 from exporter.models.zoo import MobileNetV2Cifar, ResNet8, SeedCNN
-from exporter.onnx_io import export_onnx
+from exporter.onnx.export import export_onnx
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.qat import fold_batchnorms, qat_finetune
-from exporter.training import TrainConfig, train
+from exporter.training.loop import TrainConfig, train
 from tests.conftest import randomize_batchnorm
 
 

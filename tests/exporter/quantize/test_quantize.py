@@ -5,14 +5,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from exporter.data import channel_stats, load_data, stratified_split
+from exporter.inputs.data import channel_stats, load_data, stratified_split
 from exporter.models.zoo import SeedCNN
-from exporter.onnx_io import export_onnx
+from exporter.onnx.export import export_onnx
 from exporter.quantize import decide_reduce_range, quantize_stage
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.sensitivity import first_divergence, layer_sensitivity
 from exporter.recipe import QuantizeSpec
-from exporter.training import TrainConfig, train
+from exporter.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

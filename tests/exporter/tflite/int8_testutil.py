@@ -11,7 +11,7 @@ import torch
 from ai_edge_litert.interpreter import Interpreter
 from tflite_testutil import RESOLVERS
 
-from exporter.onnx_io import export_onnx
+from exporter.onnx.export import export_onnx
 from exporter.quantize.onnx_int8 import QuantSettings, quantize_onnx
 
 

@@ -154,7 +154,7 @@ def _normalized(p: np.ndarray) -> np.ndarray:
 )
 def test_uint8_pixels(name, how, tmp_path):
     fp32 = tmp_path / "fp32.onnx"
-    from exporter.onnx_io import export_onnx
+    from exporter.onnx.export import export_onnx
 
     export_onnx(_net(name), CHW, fp32)
     int8 = tmp_path / "int8.onnx"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from exporter.artifacts import Artifact
+from exporter.common.progress import Progress
 from exporter.errors import RuntimeCheckError
-from exporter.progress import Progress
 from exporter.recipe import Recipe
 from runtime_check.qemu import QemuRunner
 from runtime_check.runners import CheckOptions, LocalRunner, Runner, RunnerError
@@ -36,7 +36,7 @@ def make_runner(recipe: Recipe, host: str | None = None) -> Runner:
         except RunnerError as exc:
             raise RuntimeCheckError(str(exc)) from None
     if dev.kind == "qemu":
-        from exporter.sysroot import find_qemu, require
+        from exporter.targets.sysroot import find_qemu, require
 
         qemu, version = find_qemu()
         sr = require("arm64")

@@ -7,7 +7,7 @@
   never read or written, nothing runs as the guest) and unpacked with ``dpkg -x``; plus the
   aarch64 wheels of numpy, onnxruntime and ai-edge-litert, pinned to the versions installed on
   this machine so emulated and native figures compare, unpacked into ``opt/edgepack``.
-- ``insn_count.so``: the QEMU plugin that counts guest instructions (``exporter/qemu``).
+- ``insn_count.so``: the QEMU plugin that counts guest instructions (``exporter/targets/qemu``).
 - ``stamp.json``: what was built; a missing or inconsistent stamp means "run setup --force".
 
 The Debian mirror is the one this machine's apt already uses (read from
@@ -30,8 +30,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.common.progress import Progress
 from exporter.errors import RuntimeCheckError
-from exporter.progress import Progress
 from runtime_check.qemu import GUEST_PYTHON, GUEST_SITE
 
 STAMP_FORMAT = 1

@@ -14,8 +14,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from exporter.atomic import atomic_write_text
-from exporter.report_page import (
+from exporter.common.atomic import atomic_write_text
+from exporter.report.page import (
     BUDGET_COLUMN,
     Cell,
     artifact_verdict,
@@ -31,7 +31,7 @@ from exporter.report_page import (
     page,
     table,
 )
-from exporter.report_plots import Line, Point, scatter_svg, sparsity_svg
+from exporter.report.plots import Line, Point, scatter_svg, sparsity_svg
 
 HTML_NAME = "report.html"
 

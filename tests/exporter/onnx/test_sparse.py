@@ -6,9 +6,9 @@ import torch
 
 from exporter.compress.prune import prune_model
 from exporter.models.zoo import SeedCNN
-from exporter.onnx_io import describe_onnx, export_onnx
+from exporter.onnx.export import describe_onnx, export_onnx
+from exporter.onnx.sparse import sparsify_onnx
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
-from exporter.sparse_onnx import sparsify_onnx
 
 
 def _run(path, x):

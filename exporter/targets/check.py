@@ -10,13 +10,13 @@ import numpy as np
 
 from exporter import __version__
 from exporter.artifacts import load_manifest
-from exporter.atomic import atomic_path
+from exporter.common.atomic import atomic_path
+from exporter.common.progress import make_progress, stderr_console
 from exporter.errors import InputFileError
-from exporter.progress import make_progress, stderr_console
 from exporter.recipe import load_recipe
-from exporter.report import build_report, print_table
-from exporter.report_html import render_html
-from exporter.validate import EVAL_BATCH, make_runner, validate
+from exporter.report.build import build_report, print_table
+from exporter.report.html import render_html
+from exporter.targets.validate import EVAL_BATCH, make_runner, validate
 
 REPORT = "report.json"
 CHECKS_DIR = "checks"

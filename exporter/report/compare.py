@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from exporter.atomic import atomic_write_text
+from exporter.common.atomic import atomic_write_text
 from exporter.errors import InputFileError
-from exporter.report_html import artifacts_table, is_emulated, scatter_section
-from exporter.report_page import (
+from exporter.report.html import artifacts_table, is_emulated, scatter_section
+from exporter.report.page import (
     Cell,
     artifact_verdict,
     budget_words,

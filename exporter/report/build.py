@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.artifacts import Artifact
-from runtime_check.compare import judge_artifact, parity, verdict
+from runtime_check.verdict import judge_artifact, parity, verdict
 
 SCHEMA_VERSION = 1
 

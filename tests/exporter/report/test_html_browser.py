@@ -21,8 +21,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from exporter.cli import cli
-from exporter.report_html import render_html
-from tests.exporter.report_samples import assert_self_contained
+from exporter.report.html import render_html
+from tests.exporter.report.samples import assert_self_contained
 
 pytestmark = pytest.mark.slow
 

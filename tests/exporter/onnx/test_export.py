@@ -7,7 +7,7 @@ import torch
 from exporter.compress.prune import prune_model
 from exporter.errors import InputFileError
 from exporter.models.zoo import ResNet8, SeedCNN
-from exporter.onnx_io import describe_onnx, export_onnx, load_onnx
+from exporter.onnx.export import describe_onnx, export_onnx, load_onnx
 from tests.conftest import randomize_batchnorm
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from exporter.atomic import atomic_path
-from exporter.onnx_io import load_onnx
+from exporter.common.atomic import atomic_path
+from exporter.onnx.export import load_onnx
 
 INDEX_BYTES = 8
 # Per-tensor protobuf overhead of the sparse form (two extra TensorProtos and their dims).

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from exporter.report_html import render_html, write_html
-from tests.exporter.report_samples import (
+from exporter.report.html import render_html, write_html
+from tests.exporter.report.samples import (
     assert_self_contained,
     check_report,
     failing_report,

@@ -103,8 +103,8 @@ def arm64_cache(tmp_path_factory):
     """EDGEPACK_CACHE with a built arm64 sysroot, for the whole module."""
     if shutil.which("qemu-aarch64") is None:
         pytest.skip("qemu-aarch64 not installed (apt-get install qemu-user)")
-    from exporter.progress import make_progress
-    from exporter.sysroot import build
+    from exporter.common.progress import make_progress
+    from exporter.targets.sysroot import build
 
     cache = os.environ.get("EDGEPACK_CACHE") or str(tmp_path_factory.mktemp("cache"))
     with pytest.MonkeyPatch.context() as mp:
@@ -171,7 +171,7 @@ def guest_logits(view: Path, cpu: str, artifact: Path, batch: Path, dest: Path) 
 def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
     """Same top-1 on every eval image and logits within 1e-4 of this machine's, per artifact;
     int8 TFLite (XNNPACK) logits bit for bit."""
-    from exporter.sysroot import sysroot_for
+    from exporter.targets.sysroot import sysroot_for
 
     sr = sysroot_for("arm64")
     view = rq.ensure_view(sr.sysroot, sr.views, cpu)

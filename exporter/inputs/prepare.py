@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from exporter.data import Dataset, Normalization, channel_stats, load_data, stratified_split
 from exporter.errors import DataError, ModelLoadError
+from exporter.inputs.data import Dataset, Normalization, channel_stats, load_data, stratified_split
 from exporter.models import LoadedModel, load_model, load_weights, set_mode
 from exporter.recipe import EvalSpec
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exporter.common.progress import Progress
 from exporter.models.loading import set_mode
-from exporter.progress import Progress
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from google.protobuf.message import DecodeError
 from onnx import numpy_helper
 from torch import nn
 
-from exporter.atomic import atomic_path
+from exporter.common.atomic import atomic_path
 from exporter.errors import ConversionError, InputFileError
 from exporter.models.loading import set_mode
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporter.data import check_fits, load_data, stratified_split
 from exporter.errors import DataError, InputFileError
+from exporter.inputs.data import check_fits, load_data, stratified_split
 
 
 def test_digits_embedded():
