@@ -1,13 +1,16 @@
-"""ONNX -> TFLite (float32, NHWC) without TensorFlow.
+"""ONNX -> TFLite without TensorFlow: float32 NHWC (or NCHW) models, and full-integer int8
+models from QDQ ONNX.
 
 The file format comes from the official TFLite flatbuffer schema (``schema.fbs``) via the
 Python object API that LiteRT ships generated as ``ai_edge_litert.schema_py_generated``;
 only ``writer.py`` touches it. Layout: ``layout.py``; op lowerings: ``ops/``
-(registered in ``registry.py``); clean-up passes: ``passes.py``.
+(registered in ``registry.py``); op-code versions: ``op_versions.py``; clean-up passes:
+``passes.py``; dense / sparse weight storage: ``storage.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 import time
@@ -18,9 +21,10 @@ from typing import Any
 
 import onnx
 
-from exporter.common.atomic import atomic_write_bytes
+from exporter.common.atomic import atomic_write_bytes, check_writable
 from exporter.errors import InputFileError
-from exporter.tflite.convert import convert
+from exporter.tflite.convert import ConvertInfo, check_storage, convert, lower_model, store
+from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import load_onnx_file
 from exporter.tflite.registry import load_all
 from exporter.tflite.writer import describe_bytes
@@ -47,6 +51,8 @@ class ConversionResult:
     float_fallback_ops: list[str] = field(default_factory=list)  # int8: ops left in float
     storage: str = "dense"
     tensors: list[dict] | None = None  # storage="sparse": one row per weight (see storage.py)
+    # convert_onnx_file(sparse_path=...): the sparse copy written from the same lowering.
+    sparse: ConversionResult | None = None
 
 
 Normalization = tuple[Sequence[float], Sequence[float]]
@@ -85,6 +91,10 @@ def convert_model(
         storage=storage,
         delegate=delegate,
     )
+    return data, _stats(graph, info, input_layout, storage)
+
+
+def _stats(graph: Graph, info: ConvertInfo, input_layout: str, storage: str) -> dict[str, Any]:
     counts = graph.op_counts()
     stats = {
         "op_counts": counts,
@@ -101,7 +111,7 @@ def convert_model(
         stats["tensors"] = [row.to_dict() for row in info.tensors]
     if info.normalization is not None:
         stats["normalization"] = info.normalization
-    return data, stats
+    return stats
 
 
 def convert_onnx_file(
@@ -114,34 +124,57 @@ def convert_onnx_file(
     storage: str = "dense",
     delegate: str = "xnnpack",
     force: bool = True,
+    sparse_path: str | os.PathLike | None = None,
 ) -> ConversionResult:
     """Convert ``onnx_path`` and write ``tflite_path`` atomically (nothing written on error).
 
     Keywords as in :func:`convert_model`; with ``storage="sparse"`` the result's ``tensors``
-    is the per-weight storage table.
+    is the per-weight storage table. ``sparse_path`` (with the default ``storage="dense"``)
+    also writes the sparse-stored copy of the same lowering there, as ``storage="sparse"``
+    would, without converting twice; it is the result's ``sparse``, whose ``seconds`` count
+    only its storage decision and serialization.
     """
     start = time.perf_counter()
+    if sparse_path is not None and storage != "dense":
+        raise ValueError(
+            "sparse_path is the sparse copy of a dense tflite_path; use storage='dense'"
+        )
+    check_storage(storage, delegate)
+    targets = [Path(tflite_path)] + ([Path(sparse_path)] if sparse_path is not None else [])
+    for target in targets:  # refused before any work, so neither file is written
+        check_writable(target, force)
     model = load_onnx_file(onnx_path)
-    data, stats = convert_model(
-        model,
-        input_layout=input_layout,
-        io_dtype=io_dtype,
-        normalization=normalization,
-        storage=storage,
-        delegate=delegate,
-    )
-    path = atomic_write_bytes(tflite_path, data, force=force)
+    graph, info = lower_model(model, input_layout, io_dtype=io_dtype, normalization=normalization)
+    data, stored, rows = store(graph, storage, delegate)
+    stats = _stats(stored, dataclasses.replace(info, tensors=rows), input_layout, storage)
+    result = _result(tflite_path, data, stats, time.perf_counter() - start)
+    if sparse_path is not None:
+        start = time.perf_counter()
+        sparse_data, sparse_graph, rows = store(graph, "sparse", delegate)
+        sparse_stats = _stats(
+            sparse_graph, dataclasses.replace(info, tensors=rows), input_layout, "sparse"
+        )
+        sparse = _result(sparse_path, sparse_data, sparse_stats, time.perf_counter() - start)
+        atomic_write_bytes(sparse_path, sparse_data, force=force)
+        result = dataclasses.replace(result, sparse=sparse)
+    atomic_write_bytes(tflite_path, data, force=force)
+    return result
+
+
+def _result(
+    path: str | os.PathLike, data: bytes, stats: dict[str, Any], seconds: float
+) -> ConversionResult:
     return ConversionResult(
-        path=path,
+        path=Path(path),
         bytes=len(data),
-        seconds=time.perf_counter() - start,
+        seconds=seconds,
         op_counts=stats["op_counts"],
         transpose_count=stats["transpose_count"],
-        input_layout=input_layout,
+        input_layout=stats["input_layout"],
         precision=stats["precision"],
         io_dtype=stats["io_dtype"],
         float_fallback_ops=stats["float_fallback_ops"],
-        storage=storage,
+        storage=stats["storage"],
         tensors=stats.get("tensors"),
     )
 

@@ -16,7 +16,7 @@ from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
 from exporter.tflite.passes import run_passes
 from exporter.tflite.registry import load_all
-from exporter.tflite.storage import DELEGATES, TensorStorage, apply_storage
+from exporter.tflite.storage import DELEGATES, WeightStorage, apply_storage
 from exporter.tflite.writer import serialize
 
 INPUT_LAYOUTS = ("nhwc", "nchw")
@@ -76,20 +76,9 @@ def _bind_outputs(ctx: ConversionContext, input_layout: str) -> None:
         tensor = ctx.tensor(name, want)
         if tensor != name:
             if name in graph.tensors:
-                _rename(graph, name, graph.unique_name(f"{name}_internal"))
-            _rename(graph, tensor, name)
+                graph.rename(name, graph.unique_name(f"{name}_internal"))
+            graph.rename(tensor, name)
         graph.outputs.append(name)
-
-
-def _rename(graph: Graph, old: str, new: str) -> None:
-    t = graph.tensors.pop(old)
-    t.name = new
-    graph.tensors[new] = t
-    for op in graph.operators:
-        op.inputs = [new if i == old else i for i in op.inputs]
-        op.outputs = [new if o == old else o for o in op.outputs]
-    graph.inputs = [new if i == old else i for i in graph.inputs]
-    graph.outputs = [new if o == old else o for o in graph.outputs]
 
 
 def lower(
@@ -127,13 +116,59 @@ class ConvertInfo:
     io_dtype: str = "float32"
     float_fallback_ops: list[str] = field(default_factory=list)
     normalization: str | None = None
-    tensors: list[TensorStorage] | None = None  # storage="sparse": the per-weight table
+    tensors: list[WeightStorage] | None = None  # storage="sparse": the per-weight table
 
 
-def _store(graph: Graph, info: ConvertInfo, storage: str, delegate: str) -> bytes:
-    if storage == "sparse":
-        info.tensors = apply_storage(graph, delegate)
-    return serialize(graph)
+def check_storage(storage: str, delegate: str) -> None:
+    if storage not in STORAGES:
+        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
+
+
+def lower_model(
+    model: onnx.ModelProto,
+    input_layout: str = "nhwc",
+    *,
+    io_dtype: str = "float32",
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> tuple[Graph, ConvertInfo]:
+    """ONNX -> the final IR graph, not yet serialized; a QDQ model becomes full-integer.
+
+    One lowering can be stored several ways with :func:`store`.
+    """
+    if io_dtype not in IO_DTYPES:
+        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
+    if (io_dtype == "uint8") != (normalization is not None):
+        raise ValueError(
+            "normalization=(mean, std) is required with io_dtype='uint8' and only then"
+        )
+    if io_dtype == "uint8" and input_layout != "nhwc":
+        raise ValueError("io_dtype='uint8' takes raw NHWC camera pixels; use input_layout='nhwc'")
+    if not fold_qdq.has_qdq(model):
+        if io_dtype != "float32":
+            raise ValueError(
+                f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
+            )
+        return lower(read_graph(model), input_layout), ConvertInfo()
+    weights = fold_qdq.quantized_weight_names(model)
+    onnx_graph = read_graph(model)
+    info = fold_qdq.fold_qdq(onnx_graph, weights)
+    graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
+    return graph, ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
+
+
+def store(
+    graph: Graph, storage: str = "dense", delegate: str = "xnnpack"
+) -> tuple[bytes, Graph, list[WeightStorage] | None]:
+    """Serialize ``graph`` with ``storage``: the bytes, the graph written, and for "sparse" the
+    per-weight table. "sparse" re-encodes a copy, so ``graph`` can be stored both ways."""
+    check_storage(storage, delegate)
+    if storage == "dense":
+        return serialize(graph), graph, None
+    stored = graph.copy()
+    rows = apply_storage(stored, delegate)
+    return serialize(stored), stored, rows
 
 
 def convert(
@@ -150,29 +185,7 @@ def convert(
     ``storage="sparse"`` stores each weight sparse where that is smaller and the consuming
     kernel accepts it under ``delegate`` (see ``storage.py``).
     """
-    if storage not in STORAGES:
-        raise ValueError(f"storage must be one of {STORAGES}, got {storage!r}")
-    if delegate not in DELEGATES:
-        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
-    if io_dtype not in IO_DTYPES:
-        raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
-    if (io_dtype == "uint8") != (normalization is not None):
-        raise ValueError(
-            "normalization=(mean, std) is required with io_dtype='uint8' and only then"
-        )
-    if io_dtype == "uint8" and input_layout != "nhwc":
-        raise ValueError("io_dtype='uint8' takes raw NHWC camera pixels; use input_layout='nhwc'")
-    if not fold_qdq.has_qdq(model):
-        if io_dtype != "float32":
-            raise ValueError(
-                f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
-            )
-        graph = lower(read_graph(model), input_layout)
-        info = ConvertInfo()
-        return _store(graph, info, storage, delegate), graph, info
-    weights = fold_qdq.quantized_weight_names(model)
-    onnx_graph = read_graph(model)
-    info = fold_qdq.fold_qdq(onnx_graph, weights)
-    graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
-    result = ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
-    return _store(graph, result, storage, delegate), graph, result
+    check_storage(storage, delegate)
+    graph, info = lower_model(model, input_layout, io_dtype=io_dtype, normalization=normalization)
+    data, stored, info.tensors = store(graph, storage, delegate)
+    return data, stored, info

@@ -7,7 +7,7 @@ know the flatbuffer object API.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,9 +44,6 @@ class Operator:
     outputs: list[str]
     options: dict[str, Any] = field(default_factory=dict)
     keep_float: bool = False  # int8 export: the source node was left in float on purpose
-    # Operator-code version: 1 unless a kernel variant needs more (FULLY_CONNECTED reading a
-    # sparse weight is version 8, which is also what keeps XNNPACK from taking it as dense).
-    version: int = 1
 
 
 @dataclass
@@ -56,6 +53,22 @@ class Graph:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     name: str = "main"
+
+    def copy(self) -> Graph:
+        """A copy whose tensors, operators and I/O lists can be rewritten without touching this
+        graph. Constant arrays are shared: no pass or storage step modifies one in place."""
+        return Graph(
+            {name: replace(t) for name, t in self.tensors.items()},
+            [
+                replace(
+                    op, inputs=list(op.inputs), outputs=list(op.outputs), options=dict(op.options)
+                )
+                for op in self.operators
+            ],
+            list(self.inputs),
+            list(self.outputs),
+            self.name,
+        )
 
     def unique_name(self, hint: str) -> str:
         if hint not in self.tensors:

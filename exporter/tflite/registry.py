@@ -33,10 +33,8 @@ class Converter:
         self.fn(node, ctx)
 
 
-ConverterFn = Converter
-
 #: ONNX op type -> converter. Populated when ``exporter.tflite.ops`` is imported.
-REGISTRY: dict[str, ConverterFn] = {}
+REGISTRY: dict[str, Converter] = {}
 
 
 def converter(op_type: str, *, emits: str, check: CheckFn | None = None) -> Callable:
@@ -53,7 +51,7 @@ def converter(op_type: str, *, emits: str, check: CheckFn | None = None) -> Call
     return register
 
 
-def load_all() -> dict[str, ConverterFn]:
+def load_all() -> dict[str, Converter]:
     """Import every op-family module (idempotent) and return the registry."""
     import exporter.tflite.ops  # noqa: F401  - registration happens at import
 

@@ -33,12 +33,11 @@ DIRECT_BLOCK_MIN_SPARSITY = 0.75
 # File bytes a DENSIFY costs: its output tensor (name, shape, quantization), the operator and
 # its opcode entry.
 DENSIFY_OVERHEAD = 160
-SPARSE_FC_VERSION = 8
 _WEIGHTED = {"FULLY_CONNECTED": 1, "CONV_2D": 1}  # op -> index of its weight input
 
 
 @dataclass
-class TensorStorage:
+class WeightStorage:
     """One row of the table: how a constant weight is stored and what it costs."""
 
     name: str
@@ -100,11 +99,11 @@ def _weight_uses(graph: Graph) -> dict[str, Operator]:
     }
 
 
-def decide(graph: Graph, delegate: str = "xnnpack") -> tuple[list[TensorStorage], dict]:
+def decide(graph: Graph, delegate: str = "xnnpack") -> tuple[list[WeightStorage], dict]:
     """The table (one row per weight) and the chosen encodings by tensor name."""
     if delegate not in DELEGATES:
         raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
-    rows: list[TensorStorage] = []
+    rows: list[WeightStorage] = []
     chosen: dict[str, _Choice] = {}
     for name, op in _weight_uses(graph).items():
         t = graph.tensors[name]
@@ -115,7 +114,7 @@ def decide(graph: Graph, delegate: str = "xnnpack") -> tuple[list[TensorStorage]
             chosen[name] = best
         c = chosen.get(name)
         rows.append(
-            TensorStorage(
+            WeightStorage(
                 name,
                 [int(d) for d in w.shape],
                 w.dtype.name,
@@ -137,10 +136,7 @@ def store_tensor(graph: Graph, name: str, encoding: SparseEncoding, via: str) ->
     t = graph.tensors[name]
     t.sparsity = encoding
     if via != "densify":
-        for op in graph.consumers(name):
-            # TFLite's op versioning gives sparse-weight FULLY_CONNECTED version 8; at version 1
-            # XNNPACK delegates the node and reads the sparse buffer as dense (NaN, no error).
-            op.version = max(op.version, SPARSE_FC_VERSION)
+        # The consumer reads it directly; op_versions gives that FULLY_CONNECTED version 8.
         return
     dense = graph.add_tensor(f"{name}_dense", t.shape, t.dtype)
     d = graph.tensors[dense]
@@ -151,7 +147,7 @@ def store_tensor(graph: Graph, name: str, encoding: SparseEncoding, via: str) ->
     graph.operators.insert(0, Operator("DENSIFY", [name], [dense]))
 
 
-def apply_storage(graph: Graph, delegate: str = "xnnpack") -> list[TensorStorage]:
+def apply_storage(graph: Graph, delegate: str = "xnnpack") -> list[WeightStorage]:
     """Re-encode the graph's weights in place as :func:`decide` says; returns the table."""
     rows, chosen = decide(graph, delegate)
     for name, choice in chosen.items():

@@ -1,4 +1,4 @@
-"""IR <-> .tflite bytes: the only module that touches flatbuffers and the TFLite schema.
+"""IR <-> .tflite bytes: the only module that writes a TFLite model (flatbuffers, TFLite schema).
 
 Uses the object API generated from the official TFLite ``schema.fbs``
 (``ai_edge_litert.schema_py_generated``), so the file layout follows the schema exactly.
@@ -14,6 +14,7 @@ from ai_edge_litert import schema_py_generated as schema
 
 from exporter.errors import ConversionError
 from exporter.tflite.ir import PSEUDO_OPS, Graph
+from exporter.tflite.op_versions import op_version
 from exporter.tflite.sparsity import DimMeta, SparseEncoding
 
 _FILE_IDENTIFIER = b"TFL3"
@@ -166,13 +167,13 @@ def serialize(graph: Graph, description: str = "edgepack") -> bytes:
     for op in graph.operators:
         if op.op in PSEUDO_OPS or not hasattr(schema.BuiltinOperator, op.op):
             raise ConversionError(f"internal: op {op.op} reached the writer")
-        key = (op.op, op.version)
+        key = (op.op, op_version(op, graph))
         if key not in codes:
             code = getattr(schema.BuiltinOperator, op.op)
             oc = schema.OperatorCodeT()
             oc.builtinCode = code
             oc.deprecatedBuiltinCode = min(code, 127)  # codes > 127 live only in builtinCode
-            oc.version = op.version
+            oc.version = key[1]
             codes[key] = len(operator_codes)
             operator_codes.append(oc)
         ot = schema.OperatorT()
@@ -206,6 +207,89 @@ def serialize(graph: Graph, description: str = "edgepack") -> bytes:
     builder = flatbuffers.Builder(1024 + sum(b.data.size + _BUFFER_ALIGNMENT for b in buffers[1:]))
     builder.Finish(model.Pack(builder), file_identifier=_FILE_IDENTIFIER)
     return bytes(builder.Output())
+
+
+def append_metadata(model: bytes, entries: dict[str, bytes]) -> bytes:
+    """``model`` with each ``entries`` item as a new buffer named in the model's ``metadata``.
+
+    Nothing of the model is re-packed: its bytes after the 8-byte header are carried over
+    unchanged, and a new root table, ``buffers`` and ``metadata`` vector (plus fresh copies of
+    the small root vectors) are written in front of them. Flatbuffer references are relative
+    and point forward, so every table and vector of the model stays valid where it is,
+    including the quantization vectors :class:`_SharedQuantizationT` shares between tensors,
+    and the weights keep their 16-byte alignment. The cost over the entries is the new root
+    (about 4 bytes per buffer and operator code, plus ~100) and the old root's now unused
+    vectors of the same size.
+    """
+    if len(model) < 8 or model[4:8] != _FILE_IDENTIFIER:
+        raise ValueError("not a TFLite flatbuffer (missing TFL3 identifier)")
+    root = schema.Model.GetRootAs(model, 0)
+    names = {_str(root.Metadata(i).Name()) for i in range(root.MetadataLength())}
+    if clash := sorted(names & set(entries)):
+        raise ValueError(f"the model already has metadata {', '.join(clash)}")
+    external = any(root.Buffers(i).Offset() > 1 for i in range(root.BuffersLength()))
+    if external or root.ExternalBuffersLength() or root.ExternalBufferGroupsLength():
+        # Their data is addressed from the start of the file, which moves here.
+        raise ValueError("TFLite models with external buffers cannot take metadata")
+
+    b = flatbuffers.Builder(len(model) + sum(len(d) + 64 for d in entries.values()) + 1024)
+    b.Prep(_BUFFER_ALIGNMENT, 0)  # minalign: the file length stays a multiple of 16
+    # Trailing zeros so that every old object keeps its position modulo 16 in the new file.
+    b.Pad(-len(model) % _BUFFER_ALIGNMENT)
+    tail = model[8:]
+    b.Prep(1, len(tail))  # room only; the Builder has no public "place raw bytes" call
+    b.head = b.Head() - len(tail)
+    b.Bytes[b.Head() : b.Head() + len(tail)] = tail
+    base = b.Offset()
+
+    def old(table: Any) -> int:  # builder offset of a table of ``model``
+        return base - (table._tab.Pos - 8)
+
+    def refs(start: Any, offsets: list[int]) -> int:
+        start(b, len(offsets))
+        for off in reversed(offsets):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector()
+
+    buffers = [old(root.Buffers(i)) for i in range(root.BuffersLength())]
+    metadata = [old(root.Metadata(i)) for i in range(root.MetadataLength())]
+    for name, data in entries.items():
+        buf = _AlignedBufferT()
+        buf.data = np.frombuffer(data, np.uint8)
+        buffers.append(buf.Pack(b))
+        md = schema.MetadataT()
+        md.name, md.buffer = name, len(buffers) - 1
+        metadata.append(md.Pack(b))
+    vectors = {
+        schema.ModelAddOperatorCodes: refs(
+            schema.ModelStartOperatorCodesVector,
+            [old(root.OperatorCodes(i)) for i in range(root.OperatorCodesLength())],
+        ),
+        schema.ModelAddSubgraphs: refs(
+            schema.ModelStartSubgraphsVector,
+            [old(root.Subgraphs(i)) for i in range(root.SubgraphsLength())],
+        ),
+        schema.ModelAddBuffers: refs(schema.ModelStartBuffersVector, buffers),
+        schema.ModelAddMetadata: refs(schema.ModelStartMetadataVector, metadata),
+        schema.ModelAddSignatureDefs: refs(
+            schema.ModelStartSignatureDefsVector,
+            [old(root.SignatureDefs(i)) for i in range(root.SignatureDefsLength())],
+        ),
+    }
+    if root.Description() is not None:
+        vectors[schema.ModelAddDescription] = b.CreateString(root.Description())
+    if not root.MetadataBufferIsNone():
+        vectors[schema.ModelAddMetadataBuffer] = b.CreateNumpyVector(root.MetadataBufferAsNumpy())
+    schema.ModelStart(b)
+    schema.ModelAddVersion(b, root.Version())
+    for add, off in vectors.items():
+        add(b, off)
+    b.Finish(schema.ModelEnd(b), file_identifier=_FILE_IDENTIFIER)
+    return bytes(b.Output())
+
+
+def _str(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 _INDEX_VECTORS = {
@@ -273,9 +357,11 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
     model = schema.ModelT.InitFromObj(schema.Model.GetRootAs(data, 0))
     sub = model.subgraphs[0]
     names = []
+    versions: dict[str, list[int]] = {}
     for oc in model.operatorCodes:
         code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
         names.append(_OP_NAMES.get(code, f"BUILTIN_{code}"))
+        versions.setdefault(names[-1], []).append(int(oc.version))
     ops: dict[str, int] = {}
     for op in sub.operators or []:
         ops[names[op.opcodeIndex]] = ops.get(names[op.opcodeIndex], 0) + 1
@@ -309,6 +395,7 @@ def describe_bytes(data: bytes) -> dict[str, Any]:
         "zeros": zeros,
         "sparsity": zeros / max(1, params),
         "ops": dict(sorted(ops.items())),
+        "op_versions": {op: sorted(v) for op, v in sorted(versions.items())},
         "tensors": tensors,
         "inputs": [tensors[i]["name"] for i in sub.inputs],
         "outputs": [tensors[i]["name"] for i in sub.outputs],

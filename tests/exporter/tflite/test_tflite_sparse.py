@@ -16,10 +16,11 @@ from int8_testutil import qdq_model
 from tflite_testutil import run_tflite
 from torch import nn
 
+import exporter.tflite
 from exporter.compress.prune import block_layout, fc_column_orders, magnitude_masks, prune_model
-from exporter.errors import RecipeError
+from exporter.errors import OutputExistsError, RecipeError
 from exporter.recipe import load_recipe
-from exporter.tflite import convert_model, describe_tflite
+from exporter.tflite import convert_model, convert_onnx_file, describe_tflite
 from exporter.tflite.convert import convert
 from exporter.tflite.onnx_reader import load_onnx_file
 from exporter.tflite.sparsity import (
@@ -249,6 +250,48 @@ def test_bad_storage_arguments(models):
         convert_model(model, storage="compressed")
     with pytest.raises(ValueError, match="delegate"):
         convert_model(model, storage="sparse", delegate="gpu")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_sparse_path_lowers_once_and_equals_two_conversions(
+    models, precision, tmp_path, monkeypatch
+):
+    src = models["block16_90"][precision == "int8"]
+    dense_ref = convert_onnx_file(src, tmp_path / "ref.tflite")
+    sparse_ref = convert_onnx_file(src, tmp_path / "ref.sparse.tflite", storage="sparse")
+    calls = []
+    real = exporter.tflite.lower_model
+    monkeypatch.setattr(
+        exporter.tflite, "lower_model", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    both = convert_onnx_file(src, tmp_path / "m.tflite", sparse_path=tmp_path / "m.sparse.tflite")
+    assert len(calls) == 1
+    assert (tmp_path / "m.tflite").read_bytes() == (tmp_path / "ref.tflite").read_bytes()
+    assert (tmp_path / "m.sparse.tflite").read_bytes() == (
+        tmp_path / "ref.sparse.tflite"
+    ).read_bytes()
+    assert (both.storage, both.tensors, both.op_counts) == ("dense", None, dense_ref.op_counts)
+    sp = both.sparse
+    assert (sp.path, sp.bytes, sp.storage) == (
+        tmp_path / "m.sparse.tflite",
+        sparse_ref.bytes,
+        "sparse",
+    )
+    assert (sp.tensors, sp.op_counts) == (sparse_ref.tensors, sparse_ref.op_counts)
+    assert sp.precision == precision and sp.bytes < both.bytes
+
+
+def test_sparse_path_refusals_write_nothing(models, tmp_path):
+    src = models["random50"][0]
+    with pytest.raises(ValueError, match="storage='dense'"):
+        convert_onnx_file(src, tmp_path / "a.tflite", storage="sparse", sparse_path=tmp_path / "b")
+    (tmp_path / "b.tflite").write_bytes(b"keep")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        convert_onnx_file(
+            src, tmp_path / "a.tflite", sparse_path=tmp_path / "b.tflite", force=False
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.tflite"]
+    assert (tmp_path / "b.tflite").read_bytes() == b"keep"
 
 
 # ----- block pruning -----------------------------------------------------------------------

@@ -5,7 +5,9 @@ from __future__ import annotations
 import struct
 
 import numpy as np
+import pytest
 from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
 from onnx import helper
 from tflite_testutil import make_model
 
@@ -13,7 +15,7 @@ from exporter.tflite import convert_model, describe_tflite, docs, supported_ops
 from exporter.tflite import layout as L
 from exporter.tflite.ir import Graph
 from exporter.tflite.registry import REGISTRY
-from exporter.tflite.writer import serialize
+from exporter.tflite.writer import append_metadata, serialize
 
 
 def _model_bytes() -> bytes:
@@ -115,6 +117,80 @@ def test_identical_quantization_vectors_are_written_once():
     q = {t["name"]: t["quantization"] for t in describe_tflite(data)["tensors"]}
     assert q["x"]["scales"] == [0.5] * 8 and q["z"]["scales"] == [0.25] * 8
     assert q["y"]["zero_points"] == [0] * 8 and q["y"]["quantized_dimension"] == 1
+
+
+def _plain(obj):
+    """An object-API value as plain lists / dicts / scalars, for equality."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, list):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__dict__"):
+        return {k: _plain(v) for k, v in vars(obj).items()}
+    return obj
+
+
+def _shared_quantized_model() -> bytes:
+    g = Graph()
+    x, y, z = (g.add_tensor(n, (1, 8)) for n in "xyz")
+    g.add_op("RELU", [x], [y])
+    g.add_op("RELU", [y], [z])
+    g.inputs, g.outputs = [x], [z]
+    g.add_const("unused_weight", np.arange(24, dtype=np.float32))
+    for name, scales in (("x", [0.5] * 8), ("y", [0.25] * 8), ("z", [0.25] * 8)):
+        t = g.tensors[name]
+        t.scales, t.zero_points, t.quantized_dimension = scales, [0] * 8, 1
+    return serialize(g)
+
+
+def test_append_metadata_keeps_the_model_and_adds_entries():
+    data = _shared_quantized_model()
+    entries = {"TFLITE_METADATA": b"M\x00\x01" * 101, "other": b"abc"}
+    out = append_metadata(data, entries)
+    # Nothing re-packed: the model's bytes are carried over whole, the root is new.
+    assert data[8:] in out
+    assert len(out) - len(data) - sum(map(len, entries.values())) <= 4 * 8 + 256
+    before = _plain(schema.ModelT.InitFromPackedBuf(data, 0))
+    after = _plain(schema.ModelT.InitFromPackedBuf(out, 0))
+    added = after["buffers"][len(before["buffers"]) :]
+    assert [bytes(b["data"]) for b in added] == list(entries.values())
+    n = len(before["buffers"])
+    assert [(m["name"], m["buffer"]) for m in after["metadata"]] == [
+        (b"TFLITE_METADATA", n),
+        (b"other", n + 1),
+    ]
+    for field in ("buffers", "metadata"):
+        after[field] = after[field][: len(before[field] or [])] or None
+    assert after == before  # every other field of the model, as LiteRT's schema reads it
+    sub = schema.Model.GetRootAs(out, 0).Subgraphs(0)
+    quantized = [
+        sub.Tensors(i) for i in range(sub.TensorsLength()) if sub.Tensors(i).Quantization()
+    ]
+    assert len(quantized) == 3
+    shared = {_zero_point_vector_position(t) for t in quantized}
+    assert len(shared) == 1  # the shared quantization vector is still shared
+    root = schema.Model.GetRootAs(out, 0)
+    for i in range(1, root.BuffersLength()):
+        buf = root.Buffers(i)
+        assert buf._tab.Vector(buf._tab.Offset(4)) % 16 == 0
+    x = np.linspace(-1, 1, 8, dtype=np.float32)[None]
+    assert np.array_equal(_invoke(out, x), _invoke(data, x))
+
+
+def _invoke(data: bytes, x: np.ndarray) -> np.ndarray:
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def test_append_metadata_refusals():
+    data = append_metadata(_shared_quantized_model(), {"TFLITE_METADATA": b"x"})
+    with pytest.raises(ValueError, match="already has metadata TFLITE_METADATA"):
+        append_metadata(data, {"TFLITE_METADATA": b"y"})
+    with pytest.raises(ValueError, match="missing TFL3"):
+        append_metadata(b"\0" * 16, {"a": b"y"})
 
 
 def test_supported_ops_come_from_registry():
