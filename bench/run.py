@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import exporter  # noqa: E402
+from exporter.errors import EdgepackError  # noqa: E402
 from exporter.inputs.data import channel_stats, load_data, stratified_split  # noqa: E402
 from exporter.models.zoo import BUILTIN  # noqa: E402
 from exporter.onnx.export import export_onnx  # noqa: E402
@@ -107,29 +108,12 @@ def _gzip(path: Path) -> int:
 def _weights(name: str, cache: Path, data: str, holdout: float) -> Path:
     path = cache / f"{name}.pt"
     if not path.exists():
-        from click.testing import CliRunner
-
-        from exporter.cli import cli
-
-        args = [
-            "train",
-            "--model",
-            name,
-            "--data",
-            data,
-            "--epochs",
-            str(EPOCHS[name]),
-            "--lr",
-            "0.05",
-            "--augment",
-            "--holdout",
-            str(holdout),
-            "--out",
-            str(path),
-        ]
-        res = CliRunner().invoke(cli, args, catch_exceptions=False)
-        if res.exit_code:
-            raise SystemExit(res.output)
+        try:
+            exporter.train(
+                name, path, data=data, epochs=EPOCHS[name], lr=0.05, augment=True, holdout=holdout
+            )
+        except EdgepackError as exc:
+            raise SystemExit(f"bench: training {name} failed: {exc}") from None
     return path
 
 
@@ -239,7 +223,7 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
             label = f"edgepack {variant + ': ' if variant else ''}{art.path}"
             paths[label] = out_dir / art.path
             rows[label] = {
-                "convert_s": art.extra.get("conversion_s"),
+                "convert_s": art.tflite.conversion_s if art.tflite else None,
                 "edgepack_run_s": wall,
                 "variant": variant,
                 "overrides": list(overrides),

@@ -5,6 +5,9 @@ The Python API mirrors the CLI::
     import exporter
     result = exporter.run(model="seed-cnn", weights="seed.pt", data="digits", out="dist/seed")
     result.report["passed"], result.report["artifacts"]
+
+    trained = exporter.train("seed-cnn", "seed.pt", data="digits", epochs=15)
+    trained.eval_accuracy, trained.weights, trained.record
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from exporter.pipeline import RunResult
+    from exporter.training.train_model import TrainResult
 
 
 def run(
@@ -43,6 +47,46 @@ def run(
             eval_data=eval_data,
             target=target,
             overrides=tuple(overrides),
+            force=force,
+            quiet=quiet,
+        )
+    )
+
+
+def train(
+    model: str,
+    out: str | Path,
+    *,
+    data: str = "digits",
+    eval_data: str | None = None,
+    epochs: int = 15,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    augment: bool = False,
+    holdout: float = 0.2,
+    seed: int = 0,
+    force: bool = False,
+    quiet: bool = True,
+) -> TrainResult:
+    """``edgepack train`` as a function: writes the weights ``out`` and ``<out>.json`` beside.
+
+    ``holdout`` and ``seed`` must match the later run's recipe (``eval.holdout``, ``eval.seed``)
+    so that ``exporter.run`` validates on images the model never trained on.
+    """
+    from exporter.training.train_model import TrainOptions, train_model
+
+    return train_model(
+        TrainOptions(
+            model=model,
+            out=Path(out),
+            data=data,
+            eval_data=eval_data,
+            epochs=epochs,
+            lr=lr,
+            batch_size=batch_size,
+            augment=augment,
+            holdout=holdout,
+            seed=seed,
             force=force,
             quiet=quiet,
         )

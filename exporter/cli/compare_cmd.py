@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 
 DEFAULT_HTML = Path("compare.html")
 
@@ -28,6 +27,8 @@ def command(inputs, html_path, force):
     Prints one table (a row per report and artifact) and writes one self-contained HTML page.
     Exit code 0, or 2 for bad input (nothing is written then).
     """
+    from rich.console import Console
+
     from exporter.common.atomic import check_writable
     from exporter.report.compare import load_entries, print_compare, write_compare_html
 

@@ -1,6 +1,6 @@
 """Data sets as uint8 images [N,H,W,C] with integer labels, and their preprocessing.
 
-Sources: ``digits`` (shipped inside scikit-learn, no download), ``npz:PATH``,
+Sources: ``digits`` (the UCI handwritten digits, shipped in ``datasets/digits.npz``), ``npz:PATH``,
 ``imagefolder:DIR`` and ``cifar10:DIR`` (the CIFAR-10 *binary* batches: user files are never
 unpickled).
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zipfile
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -98,14 +99,13 @@ def _validated(ds: Dataset) -> Dataset:
 
 
 def _load_digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    # sklearn's digits are 8x8 values in 0..16; scale to the full uint8 range.
-    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-    return Dataset(
-        images, bunch.target.astype(np.int64), tuple(str(c) for c in bunch.target_names), "digits"
-    )
+    # Written by scripts/make_digits_npz.py; attribution in datasets/README.md.
+    shipped = resources.files(__package__) / "datasets" / "digits.npz"
+    with shipped.open("rb") as fh, np.load(fh, allow_pickle=False) as z:
+        counts, labels = z["images"], z["labels"]
+    # The published digits are 8x8 counts in 0..16; scale them to the full uint8 range.
+    images = np.round(counts * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    return Dataset(images, labels.astype(np.int64), tuple(str(c) for c in range(10)), "digits")
 
 
 def _load_npz(path: Path) -> Dataset:

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,6 +12,27 @@ def test_digits_embedded():
     ds = load_data("digits")
     assert ds.images.shape == (1797, 8, 8, 1) and ds.images.dtype == np.uint8
     assert ds.images.max() == 255 and len(ds.classes) == 10
+
+
+def test_shipped_digits_are_pinned():
+    """The shipped digits.npz, as loaded, is exactly what sklearn's load_digits gave.
+
+    The digests were taken from the loader's output while it still read sklearn's copy; a
+    changed file, order or pixel scaling would change a trained demo model without a word.
+    """
+    ds = load_data("digits")
+    assert ds.images.shape == (1797, 8, 8, 1) and ds.labels.dtype == np.int64
+    assert ds.classes == tuple("0123456789")
+    # The class counts of the UCI test set (optdigits.tes).
+    assert np.bincount(ds.labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+    assert hashlib.sha256(ds.images.tobytes()).hexdigest() == (
+        "b41ca9fd335466eee997366c2e6f6bbe0a1b4582afe091fc4eba35f4a254182f"
+    )
+    assert hashlib.sha256(ds.labels.tobytes()).hexdigest() == (
+        "a3c91c262eddcf7ba8f0e37507c30284493c9b20412ffe4af30d536401f7ba21"
+    )
+    # Only the 17 levels of a 0..16 count, scaled: no resampling or smoothing crept in.
+    assert np.array_equal(np.unique(ds.images), np.round(np.arange(17) * 255 / 16))
 
 
 def test_npz_roundtrip(tiny_npz):
