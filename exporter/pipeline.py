@@ -1,14 +1,18 @@
-"""The one-shot pipeline: model -> compress -> ONNX fp32 -> TFLite fp32 -> validate -> report.
+"""The one-shot pipeline, stage by stage:
+
+    load model and data -> compress (channels, pruning, fine-tuning, rounding; torch models)
+    -> ONNX fp32 -> TFLite fp32 -> int8: calibrated ONNX QDQ (accuracy search, QAT when asked)
+    and TFLite int8 from the QDQ model the quantize stage hands over
+    -> sparse-stored copies where smaller -> validate on the target (runtime_check) -> report
 
 Each stage is a function from files to files; this module only sequences them and builds
 the output directory atomically (nothing appears under --out unless the run completes).
+File names come from exporter.outdir.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +20,7 @@ import numpy as np
 from torch import nn
 
 from exporter import __version__
-from exporter.artifacts import Artifact, save_manifest
+from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts, save_index
 from exporter.common.atomic import atomic_dir
 from exporter.common.progress import Progress, make_progress, stderr_console
 from exporter.compress import compress
@@ -32,21 +36,41 @@ from exporter.models.complexity import count_params_macs
 from exporter.models.zoo import BUILTIN
 from exporter.onnx.export import export_onnx, load_onnx, onnx_input_shape, onnx_logits
 from exporter.onnx.sparse import sparsify_onnx
+from exporter.outdir import (
+    EVAL_BATCH,
+    ONNX_FP32,
+    ONNX_INT8,
+    QAT_DIR,
+    REPORT,
+    REPORT_HTML,
+    TFLITE_FP32,
+    TFLITE_INT8,
+    sparse_name,
+)
 from exporter.quantize import QuantOutcome, quantize_stage
-from exporter.quantize.onnx_int8 import calibration_cache, quantize_onnx
 from exporter.quantize.qat import qat_finetune
 from exporter.recipe import Recipe, load_recipe
-from exporter.report.build import build_report, print_table, write_report
+from exporter.report.build import build_report, print_table
 from exporter.report.html import write_html
-from exporter.targets.validate import EVAL_BATCH, make_runner, validate
+from exporter.report.schema import (
+    Compression,
+    DataInfo,
+    ExportCheck,
+    ModelInfo,
+    Normalization,
+    Qat,
+    Reference,
+    Report,
+    Target,
+    read_report,
+    write_report,
+)
+from exporter.report.typed import from_json
+from exporter.targets.validate import make_runner, validate
 from exporter.training.loop import TrainConfig, accuracy, predict
 from runtime_check.cpu import describe_cpu
 
-ONNX_FP32 = "model.fp32.onnx"
-ONNX_INT8 = "model.int8.onnx"
-TFLITE_FP32 = "model.fp32.tflite"
-TFLITE_INT8 = "model.int8.tflite"
-REPORT = "report.json"
+__all__ = ["REPORT", "RunOptions", "RunResult", "load_report", "run"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +90,7 @@ class RunOptions:
 
 @dataclass
 class RunResult:
-    report: dict
+    report: dict  # report.json as written (exporter.report.schema.Report.to_dict())
     out: Path
     artifacts: list[Artifact] = field(default_factory=list)
 
@@ -90,7 +114,7 @@ def _check_labels(splits, chw: tuple[int, int, int], num_classes: int) -> None:
 
 def _compress_and_export(
     module, recipe: Recipe, splits, norm, eval_x: np.ndarray, tmp: Path, progress: Progress
-) -> tuple[dict, nn.Module]:
+) -> tuple[Compression, ExportCheck, nn.Module]:
     """Compress a copy of the model, export it to ONNX fp32 and check the export's parity;
     returns the report's sections and the compressed module."""
     compressed = copy.deepcopy(module)
@@ -109,15 +133,14 @@ def _compress_and_export(
     exported = onnx_logits(tmp / ONNX_FP32, eval_x[:64])
     progress.update(task, advance=1)
     params, macs = count_params_macs(compressed, splits.eval.image_shape)
-    return {
-        "compression": {
-            **comp.to_dict(),
-            "params": params,
-            "macs": macs,
-            "torch_accuracy": accuracy(comp_logits, splits.eval.labels),
-        },
-        "export": {"onnx_vs_torch_max_abs_diff": float(np.abs(exported - comp_logits[:64]).max())},
-    }, compressed
+    section = {
+        **comp.to_dict(),
+        "params": params,
+        "macs": macs,
+        "torch_accuracy": accuracy(comp_logits, splits.eval.labels),
+    }
+    parity = float(np.abs(exported - comp_logits[:64]).max())
+    return from_json(Compression, section, "compression"), ExportCheck(parity), compressed
 
 
 def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]:
@@ -167,12 +190,12 @@ def _qat(
     compressed: nn.Module,
     outcome: QuantOutcome,
     progress: Progress,
-) -> Path:
-    """Quantization-aware fine-tuning when int8 still misses its budget; returns the directory
-    holding the fp32 ONNX model (and calibration) the int8 artifacts are made from.
+) -> None:
+    """Quantization-aware fine-tuning when int8 still misses its budget.
 
     The QAT model is exported to ``qat/`` and searched like the first one; its int8 model
-    replaces model.int8.onnx only when it loses less against the *original* fp32 model.
+    (and its full 8-bit twin, if any) replaces model.int8.onnx only when it loses less
+    against the *original* fp32 model; ``outcome`` then describes it.
     """
     q, ft = recipe.quantize, recipe.compress.finetune
     calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
@@ -183,7 +206,7 @@ def _qat(
     qat = qat_finetune(
         model, norm.apply(splits.train.images), splits.train.labels, cfg, calib_x, progress=progress
     )
-    qat_dir = tmp / "qat"
+    qat_dir = tmp / QAT_DIR
     qat_dir.mkdir()
     export_onnx(model, splits.eval.image_shape, qat_dir / ONNX_FP32, opset=recipe.export.opset)
     found = quantize_stage(
@@ -199,7 +222,8 @@ def _qat(
     best_before = min(a["drop"] for a in outcome.attempts)
     tuned = next(a for a in found.attempts if a["chosen"])["tuning_accuracy"]
     drop = outcome.fp32_tuning_accuracy - tuned
-    chosen = drop < best_before
+    # Strictly better by at least one tuning image: a float-noise "improvement" is none.
+    chosen = not outcome.within(best_before, drop)
     for a in outcome.attempts:
         a["chosen"] = a["chosen"] and not chosen
     outcome.attempts.append(
@@ -212,145 +236,106 @@ def _qat(
             "chosen": chosen,
         }
     )
-    outcome.qat = {
+    outcome.qat = Qat(
         **qat.to_dict(),
-        "tuning_accuracy_fp32": found.fp32_tuning_accuracy,
-        "seconds": round(found.seconds, 2),
-    }
+        tuning_accuracy_fp32=found.fp32_tuning_accuracy,
+        seconds=round(found.seconds, 2),
+    )
     if not chosen:
-        return tmp
-    (qat_dir / ONNX_INT8).replace(tmp / ONNX_INT8)
+        return
+    found.onnx_path.replace(outcome.onnx_path)
+    if found.tflite_source != found.onnx_path:  # the full-range twin of a 7-bit model
+        outcome.tflite_source = tmp / found.tflite_source.name
+        found.tflite_source.replace(outcome.tflite_source)
     outcome.settings = found.settings
-    outcome.within_budget = drop <= q.max_drop
+    outcome.within_budget = outcome.within(drop, q.max_drop)
     outcome.sensitivity, outcome.first_divergence = found.sensitivity, found.first_divergence
-    return qat_dir
 
 
-def _sparse_copies(tmp: Path, artifacts: list[Artifact], recipe: Recipe, norm) -> list[Artifact]:
-    """A sparse-stored copy of each dense ONNX / TFLite artifact, kept only where smaller.
+@dataclass(frozen=True)
+class _TfliteJob:
+    """One ONNX -> TFLite conversion: the ONNX file and the writer's options. The sparse-stored
+    copy of a TFLite artifact is made from the same job, so both storages of one artifact come
+    from the same ONNX model (exporter.tflite may then serialise both from one lowering)."""
 
-    TFLite copies are converted again from the ONNX file the dense one came from (the int8
-    QDQ model: the full-range portable copy when there is one), each weight stored as
-    ``exporter.tflite.storage`` decides for ``runtime.delegate``.
-    """
+    source: Path
+    name: str
+    precision: str
+    options: dict = field(default_factory=dict)  # convert_onnx_file keywords
+    int8: Int8Facts | None = None
+
+
+def _convert(tmp: Path, job: _TfliteJob, recipe: Recipe, storage: str) -> Artifact:
     from exporter.tflite import convert_onnx_file
 
+    sparse = storage == "sparse"
+    name = sparse_name(job.name) if sparse else job.name
+    res = convert_onnx_file(
+        job.source,
+        tmp / name,
+        input_layout=recipe.export.input_layout,
+        **job.options,
+        **({"storage": "sparse", "delegate": recipe.runtime.delegate} if sparse else {}),
+    )
+    facts = TfliteFacts(
+        op_counts=dict(res.op_counts),
+        transpose_count=res.transpose_count,
+        input_layout=res.input_layout,
+        io_dtype=res.io_dtype,
+        float_fallback_ops=list(res.float_fallback_ops),
+        conversion_s=round(res.seconds, 3),
+        storage_delegate=recipe.runtime.delegate if sparse else None,
+    )
+    tensors = (
+        [from_json(StoredTensor, t, f"{name} tensors") for t in res.tensors]
+        if res.tensors is not None
+        else None
+    )
+    return Artifact(name, "tflite", job.precision, storage, facts, job.int8, tensors)
+
+
+def _sparse_copies(tmp: Path, artifacts: list[Artifact], jobs: list[_TfliteJob], recipe: Recipe):
+    """A sparse-stored copy of each dense ONNX / TFLite artifact, kept only where smaller.
+
+    TFLite copies are converted again by the job that made the dense one, each weight stored
+    as ``exporter.tflite.storage`` decides for ``runtime.delegate``.
+    """
     out = []
     for art in [a for a in artifacts if a.format == "onnx" and a.storage == "dense"]:
-        name = art.path.replace(".onnx", ".sparse.onnx")
+        name = sparse_name(art.path)
         decisions, wrote = sparsify_onnx(tmp / art.path, tmp / name)
         if wrote and (tmp / name).stat().st_size < (tmp / art.path).stat().st_size:
+            tensors = [StoredTensor(**d.__dict__) for d in decisions]
             out.append(
-                Artifact(
-                    name,
-                    "onnx",
-                    art.precision,
-                    "sparse",
-                    {**art.extra, "tensors": [d.__dict__ for d in decisions]},
-                )
+                Artifact(name, "onnx", art.precision, "sparse", int8=art.int8, tensors=tensors)
             )
         else:
             (tmp / name).unlink(missing_ok=True)
-    for art in [a for a in artifacts if a.format == "tflite" and a.storage == "dense"]:
-        name = art.path.replace(".tflite", ".sparse.tflite")
-        if art.precision == "int8":
-            portable = tmp / "model.int8.portable.onnx"
-            src = portable if portable.exists() else tmp / ONNX_INT8
-            io = art.extra.get("io_dtype", recipe.quantize.tflite_io)
-            kwargs = {
-                "io_dtype": io,
-                "normalization": (norm.mean, norm.std) if io == "uint8" else None,
-            }
+    for job in jobs:
+        sparse = _convert(tmp, job, recipe, "sparse")
+        if (tmp / sparse.path).stat().st_size < (tmp / job.name).stat().st_size:
+            out.append(sparse)
         else:
-            src, kwargs = tmp / ONNX_FP32, {}
-        res = convert_onnx_file(
-            src,
-            tmp / name,
-            input_layout=recipe.export.input_layout,
-            storage="sparse",
-            delegate=recipe.runtime.delegate,
-            **kwargs,
-        )
-        if res.bytes < (tmp / art.path).stat().st_size:
-            out.append(
-                Artifact(
-                    name,
-                    "tflite",
-                    art.precision,
-                    "sparse",
-                    {
-                        **art.extra,
-                        **_tflite_extra(res),
-                        "delegate": recipe.runtime.delegate,
-                        "tensors": res.tensors,
-                    },
-                )
-            )
-        else:
-            (tmp / name).unlink(missing_ok=True)
+            (tmp / sparse.path).unlink(missing_ok=True)
     return out
 
 
-def _export_tflite_int8(
-    tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm, source: Path
-) -> Artifact:
-    """int8 TFLite from the same calibration as the ONNX int8 model.
-
-    TFLite's int8 kernels take full 8-bit weights on every CPU, so when the ONNX artifact uses
-    7-bit weights for this x86 CPU, a full-range QDQ model is made from the same cached ranges
-    of the fp32 model in ``source`` (``tmp``, or ``tmp/qat`` when QAT was chosen).
-    """
-    from exporter.tflite import convert_onnx_file
-
-    qdq = tmp / ONNX_INT8
-    if outcome.settings.reduce_range:
-        qdq = tmp / "model.int8.portable.onnx"
-        settings = dataclasses.replace(outcome.settings, reduce_range=False)
-        quantize_onnx(
-            source / ONNX_FP32,
-            qdq,
-            settings,
-            calib_inputs=None,
-            cache=calibration_cache(source, settings.method),
-        )
+def _int8_job(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) -> _TfliteJob:
+    """int8 TFLite from the QDQ model the quantize stage chose for it (the full 8-bit twin
+    when the ONNX int8 model has 7-bit weights): one calibration for both int8 formats."""
     io = recipe.quantize.tflite_io
-    res = convert_onnx_file(
-        qdq,
-        tmp / TFLITE_INT8,
-        input_layout=recipe.export.input_layout,
-        io_dtype=io,
-        normalization=(norm.mean, norm.std) if io == "uint8" else None,
-    )
-    return Artifact(
+    return _TfliteJob(
+        outcome.tflite_source,
         TFLITE_INT8,
-        "tflite",
         "int8",
-        "dense",
-        {
-            **_tflite_extra(res),
-            "io_dtype": res.io_dtype,
-            "float_fallback_ops": list(res.float_fallback_ops),
-        },
+        {"io_dtype": io, "normalization": (norm.mean, norm.std) if io == "uint8" else None},
+        Int8Facts(
+            calibration=outcome.settings.method,
+            reduce_range=False,
+            float_layers=list(outcome.settings.float_nodes),
+            qdq_source=outcome.tflite_source.name,
+        ),
     )
-
-
-def _tflite_extra(res) -> dict:
-    """What the writer reports that the report shows for every TFLite artifact."""
-    return {
-        "op_counts": res.op_counts,
-        "transpose_count": res.transpose_count,
-        "input_layout": res.input_layout,
-        "conversion_s": round(res.seconds, 3),
-    }
-
-
-def _export_tflite(onnx_path: Path, out_dir: Path, recipe: Recipe) -> Artifact:
-    from exporter.tflite import convert_onnx_file
-
-    res = convert_onnx_file(
-        onnx_path, out_dir / TFLITE_FP32, input_layout=recipe.export.input_layout
-    )
-    return Artifact(TFLITE_FP32, "tflite", "fp32", "dense", _tflite_extra(res))
 
 
 def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
@@ -385,8 +370,9 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
 
     with atomic_dir(opts.out, force=opts.force) as tmp:
         artifacts: list[Artifact] = []
-        extra: dict = {}
+        jobs: list[_TfliteJob] = []
         compressed = None
+        export = quantization = None
         if loaded.is_onnx:
             _check_onnx_fits(loaded.onnx_path, chw)
             ref_logits = onnx_logits(loaded.onnx_path, eval_x)
@@ -394,58 +380,51 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             _check_labels(splits, chw, num_classes)
             (tmp / ONNX_FP32).write_bytes(loaded.onnx_path.read_bytes())
             params = macs = None
-            extra["compression"] = {"method": "skipped: the model entered as ONNX"}
+            compression = Compression(method="skipped: the model entered as ONNX")
         else:
             module = loaded.module
             num_classes = check_model_output(module, splits.eval, norm)
             _check_labels(splits, chw, num_classes)
             params, macs = count_params_macs(module, chw)
             ref_logits = predict(module, eval_x)
-            sections, compressed = _compress_and_export(
+            compression, export, compressed = _compress_and_export(
                 module, recipe, splits, norm, eval_x, tmp, progress
             )
-            extra.update(sections)
         # The fp32 ONNX model is the intermediate form of every later stage, so it is always
         # written; it is an artifact (validated, reported) only when the recipe asks for ONNX.
         if "onnx" in formats:
             artifacts.append(Artifact(ONNX_FP32, "onnx", "fp32", "dense"))
         if "tflite" in formats:
             task = progress.add_task("export TFLite fp32", total=1)
-            artifacts.append(_export_tflite(tmp / ONNX_FP32, tmp, recipe))
+            jobs.append(_TfliteJob(tmp / ONNX_FP32, TFLITE_FP32, "fp32"))
+            artifacts.append(_convert(tmp, jobs[-1], recipe, "dense"))
             progress.update(task, advance=1)
         if "int8" in recipe.export.precisions:
             task = progress.add_task("quantize int8", total=1)
             outcome = _quantize(tmp, recipe, splits, norm)
-            int8_source = tmp
             if not outcome.within_budget and recipe.quantize.qat_epochs:
                 if compressed is None:
-                    outcome.qat = {
-                        "skipped": "the model entered as ONNX: QAT needs the torch model"
-                    }
-                else:
-                    int8_source = _qat(tmp, recipe, splits, norm, compressed, outcome, progress)
-            extra["quantization"] = outcome.to_dict()
-            if "onnx" in formats:
-                artifacts.append(
-                    Artifact(
-                        ONNX_INT8,
-                        "onnx",
-                        "int8",
-                        "dense",
-                        {
-                            "calibration": outcome.settings.method,
-                            "reduce_range": outcome.settings.reduce_range,
-                            "float_layers": list(outcome.settings.float_nodes),
-                        },
+                    outcome.qat = Qat(
+                        skipped="the model entered as ONNX: QAT needs the torch model"
                     )
+                else:
+                    _qat(tmp, recipe, splits, norm, compressed, outcome, progress)
+            quantization = outcome.to_section()
+            if "onnx" in formats:
+                facts = Int8Facts(
+                    calibration=outcome.settings.method,
+                    reduce_range=outcome.settings.reduce_range,
+                    float_layers=list(outcome.settings.float_nodes),
                 )
+                artifacts.append(Artifact(ONNX_INT8, "onnx", "int8", "dense", int8=facts))
             progress.update(task, advance=1)
             if "tflite" in formats:
                 task = progress.add_task("export TFLite int8", total=1)
-                artifacts.append(_export_tflite_int8(tmp, recipe, outcome, norm, int8_source))
+                jobs.append(_int8_job(tmp, recipe, outcome, norm))
+                artifacts.append(_convert(tmp, jobs[-1], recipe, "dense"))
                 progress.update(task, advance=1)
         if "sparse" in recipe.export.storage:
-            artifacts.extend(_sparse_copies(tmp, artifacts, recipe, norm))
+            artifacts.extend(_sparse_copies(tmp, artifacts, jobs, recipe))
 
         np.savez(
             tmp / EVAL_BATCH,
@@ -454,49 +433,49 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             reference_logits=ref_logits.astype(np.float32),
             images=splits.eval.images,
         )
-        save_manifest(artifacts, tmp)
+        save_index(artifacts, tmp)
         check = validate(tmp, artifacts, recipe, progress, runner)
-        reference = {
-            "accuracy": accuracy(ref_logits, eval_y),
-            "params": params,
-            "macs": macs,
-            "samples": int(len(eval_y)),
-        }
         report = build_report(
-            target={
-                "name": recipe.name,
-                "source": recipe.source,
-                "device": recipe.device.kind,
-                "description": recipe.description,
-            },
-            model={
-                "spec": opts.model,
-                "weights": opts.weights,
-                "input_shape": list(chw),
-                "classes": list(full.classes),
-            },
-            data={
-                "train": splits.train.source,
-                "train_images": len(splits.train),
-                "eval": splits.eval.source,
-                "eval_images": len(splits.eval),
-                "eval_note": splits.eval_note,
-                "normalization": {
-                    "mean": list(norm.mean),
-                    "std": list(norm.std),
-                    "source": norm.source,
-                },
-            },
+            target=Target(
+                name=recipe.name,
+                source=recipe.source,
+                device=recipe.device.kind,
+                description=recipe.description,
+            ),
+            model=ModelInfo(
+                spec=opts.model,
+                weights=opts.weights,
+                input_shape=list(chw),
+                classes=list(full.classes),
+            ),
+            data=DataInfo(
+                train=splits.train.source,
+                train_images=len(splits.train),
+                eval=splits.eval.source,
+                eval_images=len(splits.eval),
+                eval_note=splits.eval_note,
+                normalization=Normalization(list(norm.mean), list(norm.std), norm.source),
+            ),
             recipe=recipe.to_dict(),
-            reference=reference,
+            reference=Reference(
+                accuracy=accuracy(ref_logits, eval_y),
+                params=params,
+                macs=macs,
+                samples=int(len(eval_y)),
+            ),
             artifacts=artifacts,
             check=check,
-            extra={**extra, "edgepack_version": __version__},
+            edgepack_version=__version__,
+            compression=compression,
+            export=export,
+            quantization=quantization,
         )
         write_report(report, tmp / REPORT)
-        write_html(report, tmp / "report.html")
-    return RunResult(report, opts.out, artifacts)
+        as_json = report.to_dict()
+        write_html(as_json, tmp / REPORT_HTML)
+    return RunResult(as_json, opts.out, artifacts)
 
 
-def load_report(out_dir: Path) -> dict:
-    return json.loads((out_dir / REPORT).read_text())
+def load_report(out_dir: Path) -> Report:
+    """The typed report of an output directory (one-line InputFileError when unreadable)."""
+    return read_report(out_dir / REPORT)

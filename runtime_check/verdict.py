@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+# Slack for the limit side only: limit * samples / 100 is itself computed in floats.
+_EPS = 1e-9
+
+
+def drop_within(drop: float, limit: float, samples: int | None) -> bool:
+    """Whether an accuracy drop holds a limit (both in points), to within one image.
+
+    Two accuracies over the same ``samples`` images differ by a whole number of images
+    (100 / samples points each), but float arithmetic leaves the difference a hair off it:
+    3 images of 1000 come out as 0.30000000000001137 points. The drop is therefore counted
+    in whole images, round(drop * samples / 100), and holds when that count is at most
+    limit * samples / 100: float noise never fails a budget, and a drop one image over the
+    limit always does. Without a sample count the comparison is plain (with _EPS).
+    """
+    if samples:
+        return round(drop * samples / 100.0) <= limit * samples / 100.0 + _EPS
+    return drop <= limit + _EPS
+
 
 def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> dict:
     """Per-budget {limit, value, ok} for one artifact result; empty unless status is ok."""
@@ -9,7 +27,11 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
         return {}
     drop = reference_accuracy - result["accuracy"]
     checks = {
-        "max_accuracy_drop": (budgets.get("max_accuracy_drop"), drop, lambda v, lim: v <= lim),
+        "max_accuracy_drop": (
+            budgets.get("max_accuracy_drop"),
+            drop,
+            lambda v, lim: drop_within(v, lim, result.get("samples")),
+        ),
         "min_agreement": (
             budgets.get("min_agreement"),
             result["agreement"],

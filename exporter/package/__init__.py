@@ -22,6 +22,16 @@ import numpy as np
 from exporter import __version__
 from exporter.common.atomic import atomic_dir, atomic_path, check_writable
 from exporter.errors import PackageError
+from exporter.outdir import (
+    EVAL_BATCH,
+    ONNX_FP32,
+    ONNX_INT8,
+    PACKAGE_MANIFEST,
+    PACKAGE_TFLITE,
+    REPORT,
+    package_path,
+    package_zip,
+)
 from exporter.package.metadata import (
     ClassifierOutputMeta,
     ImageInputMeta,
@@ -35,15 +45,12 @@ from exporter.package.usage import render_usage
 from exporter.package.zipfile_det import read_zip, zip_bytes
 
 PLATFORMS = ("android", "ios")
-MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-TFLITE = "model.tflite"
+TFLITE = PACKAGE_TFLITE
 LABELS = "labels.txt"
 SAMPLES = "sample_inputs.npz"
 USAGE = "USAGE.md"
 SAMPLE_COUNT = 16  # enough for --verify to compare the two runtimes, small enough to ship
-_REPORT = "report.json"
-_EVAL_BATCH = "eval_batch.npz"
 _COLOR = {1: "GRAYSCALE", 3: "RGB"}
 
 
@@ -59,9 +66,9 @@ class PackageResult:
 
 
 def _load_report(out_dir: Path) -> dict[str, Any]:
-    path = out_dir / _REPORT
+    path = out_dir / REPORT
     if not out_dir.is_dir() or not path.is_file():
-        raise PackageError(f"{out_dir} is not an edgepack output directory (no {_REPORT})")
+        raise PackageError(f"{out_dir} is not an edgepack output directory (no {REPORT})")
     try:
         return json.loads(path.read_text())
     except ValueError as exc:
@@ -70,15 +77,6 @@ def _load_report(out_dir: Path) -> dict[str, Any]:
 
 def _held_budgets(row: dict[str, Any]) -> bool:
     return row.get("status") == "ok" and all(b["ok"] for b in row.get("budgets", {}).values())
-
-
-def _named_choice(report: dict[str, Any]) -> str | None:
-    """The artifact a report or recipe names for deployment, if a later version adds one."""
-    recipe_pkg = report.get("recipe", {}).get("package", {})
-    named = report.get("chosen_artifact") or (
-        recipe_pkg.get("artifact") if isinstance(recipe_pkg, dict) else None
-    )
-    return named if isinstance(named, str) else None
 
 
 def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> dict[str, Any]:
@@ -93,10 +91,6 @@ def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> 
             f"{out_dir} has no TFLite artifact to package "
             "(the recipe's export.formats must include tflite)"
         )
-    named = _named_choice(report)
-    for row in rows:
-        if named and row["path"] == named:
-            return row
     ok = [r for r in rows if _held_budgets(r) or allow_failed]
     for precision in ("int8", "fp32"):
         for row in ok:
@@ -112,10 +106,10 @@ def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> 
 def choose_onnx(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> tuple[str, dict]:
     """The ONNX model to convert to ORT: int8 if it held its budgets, else fp32."""
     rows = {r["path"]: r for r in report.get("artifacts", []) if r.get("format") == "onnx"}
-    for name in ("model.int8.onnx", "model.fp32.onnx"):
+    for name in (ONNX_INT8, ONNX_FP32):
         row = rows.get(name, {})
         # fp32 ONNX is always written (it is every later stage's input), reported or not.
-        usable = _held_budgets(row) or allow_failed or (name == "model.fp32.onnx" and not row)
+        usable = _held_budgets(row) or allow_failed or (name == ONNX_FP32 and not row)
         if (out_dir / name).is_file() and usable:
             return name, row
     raise PackageError(f"{out_dir} has no ONNX model to convert to ORT format")
@@ -249,7 +243,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def _samples(out_dir: Path) -> bytes | None:
-    path = out_dir / _EVAL_BATCH
+    path = out_dir / EVAL_BATCH
     if not path.is_file():
         return None
     with np.load(path) as batch:
@@ -300,11 +294,11 @@ def build_files(
     classes = report.get("model", {}).get("classes") or []
     if not classes:
         raise PackageError(
-            f"{out_dir / _REPORT} has no class names (model.classes): labels.txt cannot be written"
+            f"{out_dir / REPORT} has no class names (model.classes): labels.txt cannot be written"
         )
     norm = report.get("data", {}).get("normalization") or {}
     if not norm.get("mean") or not norm.get("std"):
-        raise PackageError(f"{out_dir / _REPORT} has no input normalization (data.normalization)")
+        raise PackageError(f"{out_dir / REPORT} has no input normalization (data.normalization)")
     row = choose_tflite(report, out_dir, allow_failed)
     onnx_name, onnx_row = choose_onnx(report, out_dir, allow_failed)
 
@@ -360,7 +354,7 @@ def build_files(
     manifest["files"] = {
         n: {"sha256": _sha(files[n]), "bytes": len(files[n])} for n in sorted(files)
     }
-    files[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    files[PACKAGE_MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files, manifest, ort_result.seconds
 
 
@@ -369,8 +363,8 @@ def package_dir(
 ) -> PackageResult:
     """Write ``out_dir/package/<platform>/`` and ``out_dir/<name>-<platform>.zip``."""
     out_dir = Path(out_dir)
-    pkg = out_dir / "package" / platform
-    zip_path = out_dir / f"{out_dir.resolve().name}-{platform}.zip"
+    pkg = package_path(out_dir, platform)
+    zip_path = package_zip(out_dir, platform)
     if platform in PLATFORMS:  # refuse early: nothing is converted when we could not write
         check_writable(pkg, force)
         check_writable(zip_path, force)
@@ -459,15 +453,15 @@ def verify_zip(path: str | Path, run_models: bool = True) -> dict[str, Any]:
     if not path.is_file():
         raise PackageError(f"{path}: no such file")
     files = read_zip(str(path))
-    if MANIFEST not in files:
-        raise PackageError(f"{path}: no {MANIFEST} (not an edgepack package)")
+    if PACKAGE_MANIFEST not in files:
+        raise PackageError(f"{path}: no {PACKAGE_MANIFEST} (not an edgepack package)")
     try:
-        manifest = json.loads(files[MANIFEST])
+        manifest = json.loads(files[PACKAGE_MANIFEST])
         listed: dict[str, dict[str, Any]] = manifest["files"]
     except (ValueError, KeyError, TypeError) as exc:
-        raise PackageError(f"{path}: {MANIFEST} unreadable ({exc})") from None
+        raise PackageError(f"{path}: {PACKAGE_MANIFEST} unreadable ({exc})") from None
     missing = sorted(set(listed) - set(files))
-    extra = sorted(set(files) - set(listed) - {MANIFEST})
+    extra = sorted(set(files) - set(listed) - {PACKAGE_MANIFEST})
     altered = sorted(
         n
         for n in set(listed) & set(files)

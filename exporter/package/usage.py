@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from exporter.outdir import PACKAGE_TFLITE
+from exporter.package.ort_format import ORT_MODEL
+
 # Interpreter-API LiteRT (the org.tensorflow.lite package) and the CocoaPods that carry it.
 LITERT_MAVEN = "com.google.ai.edge.litert:litert:1.4.1"
 TFLITE_POD = "pod 'TensorFlowLiteSwift', '~> 2.17.0'"
@@ -19,7 +22,7 @@ def _swift_floats(values: list[float]) -> str:
 
 
 def _header(m: dict[str, Any], platform: str) -> list[str]:
-    tfl = m["models"]["model.tflite"]
+    tfl = m["models"][PACKAGE_TFLITE]
     inp, out = tfl["input"], tfl["output"]
     v = m["validation"]
     status = "PASSED" if v["passed"] else "FAILED (packaged with --allow-failed)"
@@ -27,7 +30,7 @@ def _header(m: dict[str, Any], platform: str) -> list[str]:
         f"# {m['name']} for {platform}",
         "",
         f"Validation: {status} on target `{v['target']}` ({v['device']}); "
-        f"model.tflite is `{tfl['source']}`, top-1 {v['tflite']['accuracy']:.2f} % "
+        f"{PACKAGE_TFLITE} is `{tfl['source']}`, top-1 {v['tflite']['accuracy']:.2f} % "
         f"(drop {v['tflite']['accuracy_drop']:+.2f} points), "
         f"p90 {v['tflite']['latency_ms']['p90']:.3f} ms.",
         "",
@@ -53,7 +56,7 @@ def _header(m: dict[str, Any], platform: str) -> list[str]:
 
 
 def _android(m: dict[str, Any]) -> list[str]:
-    inp = m["models"]["model.tflite"]["input"]
+    inp = m["models"][PACKAGE_TFLITE]["input"]
     n, h, w, c = (
         inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
     )
@@ -64,7 +67,7 @@ def _android(m: dict[str, Any]) -> list[str]:
     return [
         "## Android (Kotlin, LiteRT Interpreter)",
         "",
-        "Copy `model.tflite` and `labels.txt` to `app/src/main/assets/`, keep the model "
+        f"Copy `{PACKAGE_TFLITE}` and `labels.txt` to `app/src/main/assets/`, keep the model "
         "uncompressed, and add the dependency:",
         "",
         "```kotlin",
@@ -83,7 +86,7 @@ def _android(m: dict[str, Any]) -> list[str]:
         f"val STD = floatArrayOf({_floats(inp['std'])})",
         "",
         "fun loadModel(context: android.content.Context): Interpreter {",
-        '    val fd = context.assets.openFd("model.tflite")',
+        f'    val fd = context.assets.openFd("{PACKAGE_TFLITE}")',
         "    val model = fd.createInputStream().channel.map(",
         "        FileChannel.MapMode.READ_ONLY, fd.startOffset, fd.declaredLength)",
         "    return Interpreter(model, Interpreter.Options().setNumThreads(2))",
@@ -103,31 +106,31 @@ def _android(m: dict[str, Any]) -> list[str]:
         "}",
         "```",
         "",
-        'The Task Library (`ImageClassifier.createFromFile(context, "model.tflite")`) can use '
+        f'The Task Library (`ImageClassifier.createFromFile(context, "{PACKAGE_TFLITE}")`) can use '
         "the same file: its metadata carries the labels and normalization.",
         "",
-        "### ONNX Runtime Mobile (model.ort)",
+        f"### ONNX Runtime Mobile ({ORT_MODEL})",
         "",
         "```kotlin",
         f'implementation("com.microsoft.onnxruntime:onnxruntime-android:{ort_version}")',
         "",
         "val env = ai.onnxruntime.OrtEnvironment.getEnvironment()",
-        'val session = env.createSession(context.assets.open("model.ort").readBytes())',
+        f'val session = env.createSession(context.assets.open("{ORT_MODEL}").readBytes())',
         "```",
         "",
-        f"`model.ort` takes {_ort_input(m)}; `required_operators.config` lists its operators "
+        f"`{ORT_MODEL}` takes {_ort_input(m)}; `required_operators.config` lists its operators "
         "for a reduced ONNX Runtime build (`--include_ops_by_config`).",
         "",
     ]
 
 
 def _ort_input(m: dict[str, Any]) -> str:
-    o = m["models"].get("model.ort", {}).get("input")
+    o = m["models"].get(ORT_MODEL, {}).get("input")
     return f"`{o['name']}` {o['dtype']} {o['shape']} ({o['layout'].upper()})" if o else "-"
 
 
 def _ios(m: dict[str, Any]) -> list[str]:
-    inp = m["models"]["model.tflite"]["input"]
+    inp = m["models"][PACKAGE_TFLITE]["input"]
     n, h, w, c = (
         inp["shape"] if inp["layout"] == "nhwc" else [inp["shape"][i] for i in (0, 2, 3, 1)]
     )
@@ -142,7 +145,7 @@ def _ios(m: dict[str, Any]) -> list[str]:
     return [
         "## iOS (Swift, TensorFlowLiteSwift Interpreter)",
         "",
-        "Add `model.tflite` and `labels.txt` to the app target, and to the Podfile:",
+        f"Add `{PACKAGE_TFLITE}` and `labels.txt` to the app target, and to the Podfile:",
         "",
         "```ruby",
         TFLITE_POD,
@@ -168,7 +171,7 @@ def _ios(m: dict[str, Any]) -> list[str]:
         "}",
         "```",
         "",
-        "### ONNX Runtime Mobile (model.ort)",
+        f"### ONNX Runtime Mobile ({ORT_MODEL})",
         "",
         "```ruby",
         ORT_POD,
@@ -182,7 +185,7 @@ def _ios(m: dict[str, Any]) -> list[str]:
         "let session = try ORTSession(env: env, modelPath: ortPath, sessionOptions: nil)",
         "```",
         "",
-        f"`model.ort` takes {_ort_input(m)}.",
+        f"`{ORT_MODEL}` takes {_ort_input(m)}.",
         "",
     ]
 

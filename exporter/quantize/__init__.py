@@ -4,11 +4,19 @@ The first calibration method is tried; when int8 loses more than ``quantize.max_
 against fp32 on tuning images (taken from the training split, never the eval set), the
 fallback methods are tried, then the most sensitive layers are left in float, one at a time,
 then (``quantize.qat_epochs``) quantization-aware fine-tuning (qat.py, run by the pipeline,
-which holds the torch model). Every attempt is recorded for the report.
+which holds the torch model). Every attempt is recorded for the report. A drop is judged
+within one tuning image of the budget (runtime_check.verdict.drop_within), so float noise in
+the difference of two accuracies never counts as a miss.
+
+This stage also decides what the int8 TFLite model is made from: when the ONNX model gets
+7-bit weights (``reduce_range``, for x86 CPUs without VNNI), it writes a full 8-bit twin,
+``model.int8.portable.onnx``, from the same cached calibration ranges, because TFLite's int8
+kernels take 8-bit weights on every CPU. ``QuantOutcome.tflite_source`` names the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from exporter.onnx.export import onnx_logits
+from exporter.outdir import ONNX_INT8_PORTABLE
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
 from exporter.recipe import QuantizeSpec
+from exporter.report.schema import Qat, Quantization
+from exporter.report.typed import from_json, to_json
+from runtime_check.verdict import drop_within
 
 VNNI_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}
 SENSITIVITY_IMAGES = 200
@@ -29,15 +41,28 @@ class QuantOutcome:
     settings: QuantSettings
     reduce_range_reason: str
     fp32_tuning_accuracy: float
+    onnx_path: Path  # the chosen int8 QDQ model
+    # What the int8 TFLite model is converted from: onnx_path, or its full 8-bit twin
+    # (ONNX_INT8_PORTABLE, same calibration ranges) when onnx_path has 7-bit weights.
+    tflite_source: Path
+    tuning_samples: int
     attempts: list[dict] = field(default_factory=list)
     sensitivity: list[dict] = field(default_factory=list)
     first_divergence: str | None = None
     within_budget: bool = True
     seconds: float = 0.0
     calibration_note: str = ""
-    qat: dict | None = None  # quantization-aware fine-tuning, when it ran
+    qat: Qat | None = None  # quantization-aware fine-tuning, when it ran or was skipped
 
-    def to_dict(self) -> dict:
+    def within(self, drop: float, max_drop: float) -> bool:
+        """The int8 budget, judged within one tuning image (float noise never fails it)."""
+        return drop_within(drop, max_drop, self.tuning_samples)
+
+    def to_section(self) -> Quantization:
+        """The report's ``quantization`` section."""
+        return from_json(Quantization, self._as_json(), "quantization")
+
+    def _as_json(self) -> dict:
         s = self.settings
         return {
             "method": s.method,
@@ -52,7 +77,7 @@ class QuantOutcome:
             "sensitivity": self.sensitivity,
             "first_divergence": self.first_divergence,
             "seconds": round(self.seconds, 2),
-            "qat": self.qat,
+            "qat": to_json(self.qat) if self.qat else None,
         }
 
 
@@ -96,7 +121,12 @@ def quantize_stage(
     reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
     fp32_acc = _accuracy(fp32_path, tune_x, tune_y)
     outcome = QuantOutcome(
-        QuantSettings(spec.method, reduce_range, spec.per_channel), why, fp32_acc
+        QuantSettings(spec.method, reduce_range, spec.per_channel),
+        why,
+        fp32_acc,
+        onnx_path=out_path,
+        tflite_source=out_path,
+        tuning_samples=len(tune_y),
     )
 
     def attempt(settings: QuantSettings) -> float:
@@ -125,10 +155,10 @@ def quantize_stage(
         drop = attempt(settings)
         if best is None or drop < best[0]:
             best = (drop, settings)
-        if drop <= spec.max_drop:
+        if outcome.within(drop, spec.max_drop):
             break
     drop, chosen = best
-    if drop > spec.max_drop and spec.max_float_layers > 0:
+    if not outcome.within(drop, spec.max_drop) and spec.max_float_layers > 0:
         quantize_onnx(
             fp32_path,
             out_path,
@@ -145,7 +175,7 @@ def quantize_stage(
             d = attempt(settings)
             if d < drop:
                 drop, chosen = d, settings
-            if d <= spec.max_drop:
+            if outcome.within(d, spec.max_drop):
                 break
     # Leave the chosen variant on disk (the last attempt may have been another one).
     quantize_onnx(
@@ -155,8 +185,17 @@ def quantize_stage(
         calib_inputs=calib_x,
         cache=calibration_cache(work, chosen.method),
     )
+    if chosen.reduce_range:
+        outcome.tflite_source = out_path.with_name(ONNX_INT8_PORTABLE)
+        quantize_onnx(
+            fp32_path,
+            outcome.tflite_source,
+            dataclasses.replace(chosen, reduce_range=False),
+            calib_inputs=None,  # the ranges are in the cache: both models share them
+            cache=calibration_cache(work, chosen.method),
+        )
     outcome.settings = chosen
-    outcome.within_budget = drop <= spec.max_drop
+    outcome.within_budget = outcome.within(drop, spec.max_drop)
     for a in outcome.attempts:
         a["chosen"] = a["method"] == chosen.method and a["float_layers"] == list(chosen.float_nodes)
     outcome.sensitivity = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])

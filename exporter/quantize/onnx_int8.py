@@ -26,6 +26,9 @@ from onnxruntime.quantization import (
 )
 
 from exporter.common.atomic import atomic_path
+from exporter.outdir import calibration_cache
+
+__all__ = ["METHODS", "QuantSettings", "calibration_cache", "quantize_onnx"]
 
 METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -65,10 +68,6 @@ def _quiet():
             yield
     finally:
         root.setLevel(level)
-
-
-def calibration_cache(out_dir: Path, method: str) -> Path:
-    return out_dir / f"calibration.{method}.json"
 
 
 def quantize_onnx(

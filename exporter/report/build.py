@@ -1,25 +1,44 @@
-"""report.json (schema in docs/report_schema.md) and the console table made from it."""
+"""report.json (exporter.report.schema) built from the exporter's artifacts and runtime_check's
+measurements, and the console table made from it."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from exporter.artifacts import Artifact
+from exporter.report.schema import (
+    SCHEMA_VERSION,
+    ArtifactRow,
+    Compression,
+    CpuInfo,
+    DataInfo,
+    ExportCheck,
+    ModelInfo,
+    Parity,
+    Quantization,
+    Reference,
+    Report,
+    Target,
+)
+from exporter.report.typed import from_json
 from runtime_check.verdict import judge_artifact, parity, verdict
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "build_report", "print_table"]
 
+# What runtime_check measures that a row keeps; the rest of its result (predictions, its own
+# idea of the format) is not part of the report.
 _MEASURED = (
+    "status",
+    "reason",
     "bytes",
     "gzip_bytes",
     "accuracy",
     "agreement",
     "max_abs_diff",
     "latency_ms",
+    "instructions_per_inference",
+    "emulated",
     "threads",
     "runtime",
     "runtime_version",
@@ -28,67 +47,74 @@ _MEASURED = (
     "model_rss_mb",
     "input",
     "samples",
-    "status",
-    "reason",
-    "instructions_per_inference",
-    "emulated",
 )
+
+
+def _row(art: Artifact, measured: dict, reference_accuracy: float, budgets: dict) -> ArtifactRow:
+    fields = {k: measured[k] for k in _MEASURED if k in measured}
+    if measured.get("status") == "ok":
+        fields["accuracy_drop"] = reference_accuracy - measured["accuracy"]
+    fields["budgets"] = judge_artifact(measured, reference_accuracy, budgets)
+    row = from_json(
+        ArtifactRow,
+        {**fields, "path": art.path, "format": art.format, "precision": art.precision,
+         "storage": art.storage},
+        f"runtime_check result for {art.path}",
+    )  # fmt: skip
+    # The exporter's facts go into fields of their own: a measurement never meets them.
+    row.tflite, row.int8, row.tensors = art.tflite, art.int8, art.tensors
+    return row
 
 
 def build_report(
     *,
-    target: dict,
-    model: dict,
-    data: dict,
+    target: Target,
+    model: ModelInfo,
+    data: DataInfo,
     recipe: dict,
-    reference: dict,
+    reference: Reference,
     artifacts: list[Artifact],
     check: dict,
-    extra: dict | None = None,
-) -> dict:
+    edgepack_version: str,
+    compression: Compression | None = None,
+    export: ExportCheck | None = None,
+    quantization: Quantization | None = None,
+    checked_dir: str | None = None,
+) -> Report:
     """Merge what the exporter wrote with what runtime_check measured, and judge it."""
     budgets = recipe["budgets"]
     by_name = {r["path"]: r for r in check["results"]}
-    rows = []
-    for art in artifacts:
-        measured = by_name.get(art.path, {"status": "error", "reason": "not checked"})
-        row = {
-            "path": art.path,
-            "format": art.format,
-            "precision": art.precision,
-            "storage": art.storage,
-        }
-        row.update({k: measured[k] for k in _MEASURED if k in measured})
-        if measured.get("status") == "ok":
-            row["accuracy_drop"] = reference["accuracy"] - measured["accuracy"]
-        row["budgets"] = judge_artifact(measured, reference["accuracy"], budgets)
-        row.update(art.extra)
-        rows.append(row)
+    not_checked = {"status": "error", "reason": "not checked"}
+    rows = [
+        _row(a, by_name.get(a.path, not_checked), reference.accuracy, budgets) for a in artifacts
+    ]
     passed, reasons = verdict(
         [{**by_name.get(a.path, {}), "path": a.path} for a in artifacts],
-        reference["accuracy"],
+        reference.accuracy,
         budgets,
     )
-    report = {
-        "schema_version": SCHEMA_VERSION,
-        "passed": passed,
-        "reasons": reasons,
-        "target": target,
-        "model": model,
-        "data": data,
-        "recipe": recipe,
-        "cpu": check.get("cpu", {}),
-        "runtimes": check.get("runtimes", {}),
-        "reference": reference,
-        "artifacts": rows,
-        "parity": parity([by_name[a.path] for a in artifacts if a.path in by_name]),
-    }
-    report.update(extra or {})
-    return report
-
-
-def write_report(report: dict, path: Path) -> None:
-    path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    cpu = check.get("cpu")
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        passed=passed,
+        reasons=reasons,
+        target=target,
+        model=model,
+        data=data,
+        recipe=recipe,
+        cpu=from_json(CpuInfo, cpu, "runtime_check cpu") if cpu else None,
+        runtimes=dict(check.get("runtimes", {})),
+        reference=reference,
+        artifacts=rows,
+        parity=[
+            Parity(**p) for p in parity([by_name[a.path] for a in artifacts if a.path in by_name])
+        ],
+        compression=compression,
+        export=export,
+        quantization=quantization,
+        edgepack_version=edgepack_version,
+        checked_dir=checked_dir,
+    )
 
 
 def _fmt(value, spec: str, missing: str = "-") -> str:
@@ -102,7 +128,7 @@ def print_table(report: dict, console: Console) -> None:
         f"(reference accuracy {ref['accuracy']:.2f} %)"
     )
     # Under QEMU the deterministic figure is the instruction count; wall time is emulated.
-    counted = any("instructions_per_inference" in a for a in report["artifacts"])
+    counted = any(a.get("instructions_per_inference") is not None for a in report["artifacts"])
     emulated = any(a.get("emulated") for a in report["artifacts"])
     lat = "emu ms" if emulated else "ms"
     cols = [
@@ -129,10 +155,10 @@ def print_table(report: dict, console: Console) -> None:
         if a.get("status") != "ok":
             table.add_row(
                 a["path"],
-                a.get("runtime", "-"),
+                a.get("runtime") or "-",
                 _fmt(a.get("bytes"), ","),
                 *[""] * (len(cols) - 4),
-                f"{a.get('status')}: {a.get('reason', '')}",
+                f"{a.get('status')}: {a.get('reason') or ''}",
             )
             continue
         failed = [n for n, b in a["budgets"].items() if not b["ok"]]

@@ -7,7 +7,6 @@ checked before anything is printed or written: a bad input is one line and exit 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from rich.text import Text
 
 from exporter.common.atomic import atomic_write_text
 from exporter.errors import InputFileError
+from exporter.outdir import REPORT, check_reports, is_check_report
 from exporter.report.html import artifacts_table, is_emulated, scatter_section
 from exporter.report.page import (
     Cell,
@@ -32,56 +32,26 @@ from exporter.report.page import (
     page,
     table,
 )
-
-REPORT = "report.json"
-CHECKS_DIR = "checks"
-SCHEMA_VERSION = 1
+from exporter.report.schema import read_report
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One report to compare; ``label`` names it in the table, the legend and the page."""
+    """One report to compare; ``label`` names it in the table, the legend and the page.
+
+    ``report`` is the typed report as JSON (every field present), what the pages render.
+    """
 
     label: str
     source: Path
     report: dict
 
 
-def _read_report(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputFileError(f"{path}: unreadable ({exc.strerror or exc})") from None
-    except ValueError as exc:
-        raise InputFileError(f"{path}: not a report (not JSON: {exc})") from None
-    if not isinstance(data, dict):
-        raise InputFileError(f"{path}: not a report (not a JSON object)")
-    missing = [
-        k
-        for k in ("schema_version", "passed", "target", "model", "reference", "artifacts")
-        if k not in data
-    ]
-    if missing:
-        raise InputFileError(f"{path}: not an edgepack report (no {', '.join(missing)})")
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise InputFileError(
-            f"{path}: report schema_version {data['schema_version']!r}; "
-            f"this edgepack reads {SCHEMA_VERSION}"
-        )
-    if (
-        not isinstance(data["artifacts"], list)
-        or not isinstance(data["target"], dict)
-        or not isinstance(data["model"], dict)
-    ):
-        raise InputFileError(f"{path}: not an edgepack report (malformed target/model/artifacts)")
-    return data
-
-
 def _label_for(path: Path) -> str:
     """out/report.json -> 'out'; out/checks/rpi4.json -> 'out:rpi4'; x.json -> 'x'."""
     if path.name == REPORT:
         return path.resolve().parent.name
-    if path.parent.name == CHECKS_DIR:
+    if is_check_report(path):
         return f"{path.resolve().parent.parent.name}:{path.stem}"
     return path.stem
 
@@ -91,7 +61,7 @@ def _files_of(arg: str) -> list[Path]:
     if path.is_dir():
         if not (path / REPORT).is_file():
             raise InputFileError(f"{path}: not an edgepack output directory (no {REPORT})")
-        return [path / REPORT, *sorted((path / CHECKS_DIR).glob("*.json"))]
+        return [path / REPORT, *check_reports(path)]
     if path.is_file():
         return [path]
     raise InputFileError(f"{path}: no such file or directory")
@@ -108,7 +78,7 @@ def load_entries(inputs: Sequence[str | os.PathLike]) -> list[Entry]:
             if key in seen:
                 continue
             seen.add(key)
-            report = _read_report(path)
+            report = read_report(path).to_dict()
             label = _label_for(path)
             labels[label] = labels.get(label, 0) + 1
             if labels[label] > 1:  # two dirs of the same name from different parents
@@ -168,7 +138,7 @@ def print_compare(entries: Sequence[Entry], console: Console) -> None:
                 fmt_ms(lat.get("p50")) + mark if lat else "–",
                 fmt_ms(lat.get("p90")) + mark if lat else "–",
                 fmt(None if insn is None else insn / 1e6, ".3f"),
-                word if a.get("status") == "ok" else f"{word}: {a.get('reason', '')}",
+                word if a.get("status") == "ok" else f"{word}: {a.get('reason') or ''}",
             ]
             # Text, not markup: a path or reason with [brackets] must print as it is.
             table_.add_row(*(Text(str(c)) for c in cells))

@@ -33,8 +33,6 @@ from exporter.report.page import (
 )
 from exporter.report.plots import Line, Point, scatter_svg, sparsity_svg
 
-HTML_NAME = "report.html"
-
 
 def write_html(report: dict, path: str | os.PathLike) -> Path:
     """Render ``report`` and write it to ``path`` atomically (never a half-written page)."""
@@ -150,7 +148,7 @@ def budget_lines(report: dict) -> list[tuple[str, str]]:
                 (
                     "na",
                     f'<span class="tag na">SKIPPED</span> {esc(a.get("path"))}: '
-                    f"{esc(a.get('reason', ''))}",
+                    f"{esc(a.get('reason') or '')}",
                 )
             )
         elif a.get("status") != "ok":
@@ -158,7 +156,7 @@ def budget_lines(report: dict) -> list[tuple[str, str]]:
                 (
                     "bad",
                     f'<span class="tag bad">ERROR</span> {esc(a.get("path"))}: '
-                    f"{esc(a.get('reason', 'not checked'))}",
+                    f"{esc(a.get('reason') or 'not checked')}",
                 )
             )
     return out
@@ -197,7 +195,7 @@ def artifacts_table(entries: Sequence[tuple[str | None, dict]]) -> str:
     """One row per artifact of each (run label, report); the label column only when comparing."""
     comparing = any(label is not None for label, _ in entries)
     arts = [a for _, r in entries for a in r.get("artifacts", [])]
-    counted = any("instructions_per_inference" in a for a in arts)
+    counted = any(a.get("instructions_per_inference") is not None for a in arts)
     emulated = any(is_emulated(a) for a in arts)
     headers = [
         *(["run: model @ target"] if comparing else []),
@@ -270,7 +268,7 @@ def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell],
     word, cls = artifact_verdict(a)
     if a.get("status") != "ok":
         # No measurements: the reason spans the measurement columns and the budgets column.
-        reason = f'<span class="tag {cls}">{esc(word)}</span> {esc(a.get("reason", ""))}'
+        reason = f'<span class="tag {cls}">{esc(word)}</span> {esc(a.get("reason") or "")}'
         return [*head, Cell(reason, span=8 + counted)], "bad" if cls == "bad" else "muted"
     bad_cols = {BUDGET_COLUMN.get(n) for n in failed_budgets(a)}
     lat = a.get("latency_ms") or {}
@@ -423,7 +421,7 @@ def _compression(report: dict) -> str:
     ]
     if comp.get("finetune_loss"):
         facts.append(("finetune_loss", ", ".join(f"{x:.3f}" for x in comp["finetune_loss"])))
-    if report.get("export", {}).get("onnx_vs_torch_max_abs_diff") is not None:
+    if (report.get("export") or {}).get("onnx_vs_torch_max_abs_diff") is not None:
         facts.append(
             ("onnx_vs_torch_max_abs_diff", f"{report['export']['onnx_vs_torch_max_abs_diff']:.2e}")
         )

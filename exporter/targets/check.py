@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -9,22 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from exporter import __version__
-from exporter.artifacts import load_manifest
+from exporter.artifacts import load_index
 from exporter.common.atomic import atomic_path
 from exporter.common.progress import make_progress, stderr_console
 from exporter.errors import InputFileError
+from exporter.outdir import EVAL_BATCH, REPORT, check_html, check_report
 from exporter.recipe import load_recipe
 from exporter.report.build import build_report, print_table
 from exporter.report.html import render_html
-from exporter.targets.validate import EVAL_BATCH, make_runner, validate
-
-REPORT = "report.json"
-CHECKS_DIR = "checks"
+from exporter.report.schema import Reference, Target, read_report
+from exporter.targets.validate import make_runner, validate
 
 
 def _eval_subset(
-    batch: Path, reference: dict, samples: int, seed: int, scratch: Path
-) -> tuple[Path, dict]:
+    batch: Path, reference: Reference, samples: int, seed: int, scratch: Path
+) -> tuple[Path, Reference]:
     """The target recipe's ``eval.samples`` images of the batch (emulated targets use fewer),
     with the reference accuracy recomputed on exactly those images so drops stay comparable."""
     with np.load(batch, allow_pickle=False) as z:
@@ -37,14 +37,14 @@ def _eval_subset(
     path = scratch / EVAL_BATCH
     np.savez(path, **subset)
     acc = float((subset["reference_logits"].argmax(1) == subset["labels"]).mean() * 100.0)
-    return path, {
-        **reference,
-        "accuracy": acc,
-        "samples": samples,
-        "note": f"{samples} of the {n} eval images (the target's eval.samples); "
+    return path, dataclasses.replace(
+        reference,
+        accuracy=acc,
+        samples=samples,
+        note=f"{samples} of the {n} eval images (the target's eval.samples); "
         f"the original model's accuracy on all of them was "
-        f"{reference['accuracy']:.2f} %",
-    }
+        f"{reference.accuracy:.2f} %",
+    )
 
 
 def check_dir(
@@ -57,20 +57,17 @@ def check_dir(
     quiet: bool = False,
 ) -> dict:
     """Validate the artifacts of ``out_dir`` on ``target``; write checks/<target>.json."""
-    artifacts = load_manifest(out_dir)
-    try:
-        original = json.loads((out_dir / REPORT).read_text())
-    except (OSError, ValueError) as exc:
-        raise InputFileError(f"{out_dir / REPORT}: unreadable ({exc})") from None
+    artifacts = load_index(out_dir)
+    original = read_report(out_dir / REPORT)
     if not (out_dir / EVAL_BATCH).is_file():
         raise InputFileError(f"{out_dir / EVAL_BATCH} is missing: re-run `edgepack run`")
     recipe = load_recipe(target, overrides)
-    dest = out_dir / CHECKS_DIR / f"{recipe.name}.json"
+    dest = check_report(out_dir, recipe.name)
     runner = make_runner(recipe, host)
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as scratch:
         batch, reference = _eval_subset(
             out_dir / EVAL_BATCH,
-            original["reference"],
+            original.reference,
             recipe.eval.samples,
             recipe.eval.seed,
             Path(scratch),
@@ -78,24 +75,25 @@ def check_dir(
         with make_progress(quiet) as progress:
             check = validate(out_dir, artifacts, recipe, progress, runner, batch)
     report = build_report(
-        target={
-            "name": recipe.name,
-            "source": recipe.source,
-            "device": recipe.device.kind,
-            "description": recipe.description,
-            "host": host or recipe.device.host,
-        },
-        model=original["model"],
-        data=original["data"],
+        target=Target(
+            name=recipe.name,
+            source=recipe.source,
+            device=recipe.device.kind,
+            description=recipe.description,
+            host=host or recipe.device.host,
+        ),
+        model=original.model,
+        data=original.data,
         recipe=recipe.to_dict(),
         reference=reference,
         artifacts=artifacts,
         check=check,
-        extra={"edgepack_version": __version__, "checked_dir": str(out_dir)},
-    )
+        edgepack_version=__version__,
+        checked_dir=str(out_dir),
+    ).to_dict()
     with atomic_path(dest, force=force) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
-    with atomic_path(dest.with_suffix(".html"), force=True) as tmp:  # force: json decided
+    with atomic_path(check_html(out_dir, recipe.name), force=True) as tmp:  # force: json decided
         tmp.write_text(render_html(report))
     if not quiet:
         print_table(report, stderr_console())

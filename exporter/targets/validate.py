@@ -7,12 +7,12 @@ from pathlib import Path
 from exporter.artifacts import Artifact
 from exporter.common.progress import Progress
 from exporter.errors import RuntimeCheckError
+from exporter.outdir import EVAL_BATCH
 from exporter.recipe import Recipe
 from runtime_check.qemu import QemuRunner
 from runtime_check.runners import CheckOptions, LocalRunner, Runner, RunnerError
 from runtime_check.ssh import SshRunner
 
-EVAL_BATCH = "eval_batch.npz"
 RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
 
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.docs import recipes_markdown
+from exporter.docs import GENERATED
 from exporter.errors import RecipeError
 from exporter.recipe import TARGETS_DIR, available_targets, load_recipe
 
@@ -80,6 +80,22 @@ def test_extends_merges_sections(tmp_path):
     assert r.runtime.threads == 2
     assert r.runtime.runs == load_recipe("x86_64").runtime.runs  # inherited
     assert r.description == "mine" and r.name == "r"
+
+
+def test_extends_merges_nested_tables_key_by_key(tmp_path):
+    """A child that sets one key of [compress.prune] keeps the parent's others; a list it sets
+    replaces the parent's list instead of extending it."""
+    p = _write(
+        tmp_path,
+        'extends = "rpi5-qemu"\n[compress.prune]\nsparsity = 0.5\n'
+        '[export]\nprecisions = ["int8"]\n',
+    )
+    r, parent = load_recipe(str(p)), load_recipe("rpi5-qemu")
+    assert r.compress.prune.sparsity == 0.5 and parent.compress.prune.sparsity == 0.75
+    assert r.compress.prune.schedule == parent.compress.prune.schedule == "gradual"
+    assert r.compress.prune.exclude == parent.compress.prune.exclude == ["first_conv", "last_fc"]
+    assert r.export.precisions == ["int8"] and r.export.storage == parent.export.storage
+    assert r.device == parent.device and r.device.cpu == "cortex-a76"  # two levels of extends
 
 
 def test_extends_cycle(tmp_path):
@@ -161,6 +177,8 @@ def test_wheel_ships_the_recipes(tmp_path):
     assert out == [str(prefix / "share" / "edgepack" / "targets"), "cortex-a76"]
 
 
-def test_recipes_doc_is_current():
-    doc = (ROOT / "docs" / "recipes.md").read_text()
-    assert doc == recipes_markdown(), "docs/recipes.md is stale: run `make docs`"
+@pytest.mark.parametrize("rel", sorted(GENERATED))
+def test_generated_docs_are_current(rel):
+    """docs/recipes.md, report_schema.md, report.schema.json, supported_ops.md: as generated."""
+    doc = (ROOT / rel).read_text()
+    assert doc == GENERATED[rel](), f"{rel} is stale: run `make docs`"

@@ -1,4 +1,4 @@
-"""Hand-made report.json dicts (docs/report_schema.md) for the HTML and compare tests.
+"""Hand-made report.json dicts (exporter/report/schema.py) for the HTML and compare tests.
 
 Built in code rather than by a run so each test states exactly which sections are present,
 and so they cover what a run on this machine cannot produce (QEMU instruction counts,
@@ -59,7 +59,7 @@ def _artifact(
 def full_report() -> dict:
     """A passing run with every section: compression, quantization with a divergence."""
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "passed": True,
         "reasons": [],
         "target": {
@@ -154,6 +154,8 @@ def full_report() -> dict:
             ],
             "first_divergence": "node_fc",
             "within_budget": True,
+            "calibration": "256 training images",
+            "seconds": 1.25,
         },
         "edgepack_version": "0.1.0",
         "artifacts": [
