@@ -10,7 +10,7 @@ DEMO   := dist/demo
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned in constraints.txt: any other version would pull several GB of CUDA.
+# constraints.txt pins the tested versions (torch: any other would pull several GB of CUDA).
 $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
@@ -21,7 +21,10 @@ demo: $(STAMP)
 	$(BIN)/edgepack run --model seed-cnn --weights $(DEMO)/seed-cnn.pt --data digits \
 		--target x86_64 --out $(DEMO)/seed-cnn --force
 
+# Lint and format are part of the test: a tree that fails either does not pass.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 # Long benchmarks against peer tools (not part of `make test`); needs ../shared CIFAR-10 or DATA=.

@@ -137,7 +137,7 @@ class QuantizeSpec:
     fallback_methods: list[str] = _spec(
         ["percentile", "entropy"],
         choices=("minmax", "entropy", "percentile"),
-        doc="tried in order when int8 misses max_accuracy_drop",
+        doc="tried in order when int8 loses more than max_drop",
     )
     max_drop: float = _spec(
         0.3,
@@ -248,7 +248,11 @@ class FinetuneSpec:
 @dataclass(frozen=True)
 class RoundSpec:
     step: float | None = _spec(
-        None, lo=0.0, lo_open=True, doc="grid step alpha: w <- round(w / alpha) * alpha"
+        None,
+        lo=0.0,
+        lo_open=True,
+        doc="grid step alpha: w <- round(w / alpha) * alpha, for every conv and "
+        "fully-connected weight (prune.exclude does not apply)",
     )
     bits: int | None = _spec(None, lo=2, hi=16, doc="per-layer alpha = max|w| / (2^(bits-1) - 1)")
 

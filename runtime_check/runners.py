@@ -1,4 +1,6 @@
-"""Runners: where ``python -m runtime_check`` executes. Local now; QEMU and SSH share the shape."""
+"""Runners: where ``python -m runtime_check`` executes. The shared interface and the local one
+here; ``qemu.QemuRunner`` (ARM64 user-mode emulation) and ``ssh.SshRunner`` (a device over SSH)
+implement the same ``run``."""
 
 from __future__ import annotations
 

@@ -1,35 +1,19 @@
-"""Shared fixtures: small models exported once per session, the CIFAR-10 file if present."""
+"""Fixtures shared across the tree: a tiny npz data set and a throw-away sshd on 127.0.0.1."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "train.npz"
-
-
-@pytest.fixture(scope="session")
-def cifar_path() -> Path:
-    if not CIFAR.is_file():
-        pytest.skip(f"CIFAR-10 not found at {CIFAR} (needs ../shared/data/cifar10/train.npz)")
-    return CIFAR
-
-
-def randomize_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics, so folding errors would show."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=gen) * 2 - 1)
-            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
-    return model.eval()
+from tests.helpers import free_port
 
 
 @pytest.fixture
@@ -44,3 +28,67 @@ def tiny_npz(tmp_path) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez(path, images=images, labels=labels, classes=np.array(["r", "g", "b"]))
     return path
+
+
+def _ssh_config(path: Path, keys: Path, known_hosts: Path) -> Path:
+    path.write_text(
+        f"Host *\n  IdentityFile {keys / 'id'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
+        "  LogLevel ERROR\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 with throw-away keys; yields (user@host:port, dir with configs).
+
+    The dir holds ``ssh_config.{good,bad,unknown}`` (known_hosts with the right key, another
+    key, none), the client key ``id`` and a key the server does not accept, ``otherkey``.
+    Tests only read it: one server serves the whole session.
+    """
+    if not (
+        Path("/usr/sbin/sshd").is_file() and shutil.which("ssh") and shutil.which("ssh-keygen")
+    ):
+        pytest.skip("needs openssh-server and openssh-client (apt-get install openssh-server)")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("hostkey", "id", "otherkey"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    shutil.copy(d / "id.pub", d / "authorized_keys")
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'hostkey'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nLogLevel ERROR\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+    proc = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.skip(f"sshd did not start: {proc.stderr.read().decode()[-300:]}")
+        time.sleep(0.1)
+    hostkey = " ".join((d / "hostkey.pub").read_text().split()[:2])
+    other = " ".join((d / "otherkey.pub").read_text().split()[:2])
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {hostkey}\n")
+    (d / "known_bad").write_text(f"[127.0.0.1]:{port} {other}\n")
+    (d / "known_empty").write_text("")
+    for name, known in (("good", "known_hosts"), ("bad", "known_bad"), ("unknown", "known_empty")):
+        _ssh_config(d / f"ssh_config.{name}", d, d / known)
+    try:
+        yield f"{getpass.getuser()}@127.0.0.1:{port}", d
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

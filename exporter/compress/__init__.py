@@ -37,7 +37,7 @@ class CompressionResult:
     scope: str
     finetune_epochs: int
     finetune_loss: list[float] = field(default_factory=list)
-    rounding: dict[str, float] = field(default_factory=dict)
+    rounding: dict[str, float] = field(default_factory=dict)  # weight name -> grid step used
     layers: list[dict] = field(default_factory=list)
     pruned_fraction: float = 0.0  # zeros / prunable weights (excluded layers not counted)
     channels: dict | None = None  # structured pruning: params/MACs before and after
@@ -149,7 +149,11 @@ def compress(
                 exclude=prune.exclude,
                 layout=layout,
             )
-    result.rounding = round_to_grid(weights, step=spec.round.step, bits=spec.round.bits)
+    # Every conv / FC weight: prune.exclude keeps layers dense, it does not exempt them from the
+    # grid the recipe asks for.
+    result.rounding = round_to_grid(
+        prunable_weights(model), step=spec.round.step, bits=spec.round.bits
+    )
     result.layers = layer_sparsity(model)
     total = sum(w.numel() for w in weights.values())
     zeros = sum(int((w == 0).sum()) for w in weights.values())

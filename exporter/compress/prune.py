@@ -222,17 +222,15 @@ def magnitude_masks(
             )
             for n, sc, size in units
         }
-    if all(size == 1 for _, _, size in units):  # the unstructured path, exactly as before
-        flat = torch.cat([sc for _, sc, _ in units])
-        keep = _smallest_k_mask(flat, round(sparsity * flat.numel()))
-    else:
-        flat = torch.cat([sc for _, sc, _ in units])
-        sizes = torch.cat([torch.full((sc.numel(),), size) for _, sc, size in units])
-        order = torch.argsort(flat, stable=True)
-        target = round(sparsity * sum(w.numel() for w in weights.values()))
-        count = int((torch.cumsum(sizes[order], 0) <= target).sum())
-        keep = torch.ones(flat.numel(), dtype=torch.bool)
-        keep[order[:count]] = False
+    # Units in ascending score, ties by position; zero the longest prefix whose weights fit in
+    # the target (with single-weight units: exactly the target's smallest |w|).
+    flat = torch.cat([sc for _, sc, _ in units])
+    sizes = torch.cat([torch.full((sc.numel(),), size) for _, sc, size in units])
+    order = torch.argsort(flat, stable=True)
+    target = round(sparsity * sum(w.numel() for w in weights.values()))
+    count = int((torch.cumsum(sizes[order], 0) <= target).sum())
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    keep[order[:count]] = False
     masks, start = {}, 0
     for n, sc, size in units:
         masks[n] = _to_mask(keep[start : start + sc.numel()], weights[n], n, size, layout)

@@ -198,7 +198,7 @@ def require(arch: str = "arm64") -> Sysroot:
     if issues == ["not built"]:
         raise RuntimeCheckError(
             f"the {arch} sysroot is not built ({sr.root}): run "
-            f"`edgepack target setup {arch}` once (about 20 s, ~220 MB)"
+            f"`edgepack target setup {arch}` once (a ~260 MB download, about 10 s)"
         )
     if issues:
         raise RuntimeCheckError(
@@ -431,8 +431,9 @@ def _smoke_test(sr: Sysroot, qemu: str) -> str:
 def build(arch: str = "arm64", *, force: bool = False, progress: Progress) -> Sysroot:
     """Build the sysroot into the cache.
 
-    Everything is fetched and unpacked under a temporary name first, so a failed download
-    leaves the previous sysroot as it was; the new one replaces it only when complete.
+    Everything is fetched and unpacked in a temporary directory beside it. The new sysroot is
+    then swapped in and smoke-tested in place; the previous one is kept aside until the new one
+    passed and has its stamp, and is put back if any step fails or is interrupted.
     """
     sr = sysroot_for(arch)
     if not force and not problems(sr):
@@ -473,35 +474,36 @@ def build(arch: str = "arm64", *, force: bool = False, progress: Progress) -> Sy
             progress.update(task, advance=1)
         _compile_bytecode(new.sysroot, progress)
         _compile_plugin(new.plugin, progress)
-        # Swap in, then smoke-test in place: views hold absolute links to the final path.
-        old = None
+        # Swap in, then smoke-test in place: views hold absolute links to the final path. The
+        # previous sysroot waits in `work` (same file system: both moves are renames), which the
+        # `finally` below removes once the new one is stamped.
+        previous = work / "previous"
         if sr.root.exists():
-            old = sr.root.with_name(f".{arch}-old.{os.getpid()}")
-            os.replace(sr.root, old)
+            os.replace(sr.root, previous)
         os.replace(new.root, sr.root)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        task = progress.add_task("smoke test under qemu-aarch64", total=1)
         try:
+            task = progress.add_task("smoke test under qemu-aarch64", total=1)
             guest_python = _smoke_test(sr, qemu)
-        except RuntimeCheckError:
-            sr.stamp.unlink(missing_ok=True)
+            progress.update(task, advance=1)
+            stamp = {
+                "format": STAMP_FORMAT,
+                "arch": arch,
+                "suite": SUITE,
+                "python": guest_python,
+                "wheels": {d: versions.get(d) for d in WHEELS},
+                "all_wheels": versions,
+                "debs": [d.name for d in debs],
+                "qemu": qemu_version,
+                "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.monotonic() - started, 1),
+                "bytes": du(sr.sysroot),
+            }
+            sr.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
+        except BaseException:
+            os.replace(sr.root, work / "failed")
+            if previous.exists():
+                os.replace(previous, sr.root)
             raise
-        progress.update(task, advance=1)
-        stamp = {
-            "format": STAMP_FORMAT,
-            "arch": arch,
-            "suite": SUITE,
-            "python": guest_python,
-            "wheels": {d: versions.get(d) for d in WHEELS},
-            "all_wheels": versions,
-            "debs": [d.name for d in debs],
-            "qemu": qemu_version,
-            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seconds": round(time.monotonic() - started, 1),
-            "bytes": du(sr.sysroot),
-        }
-        sr.stamp.write_text(json.dumps(stamp, indent=2) + "\n")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sr

@@ -6,7 +6,7 @@ problem, exit code 2, no traceback, and must leave the disk as it found it: no a
 with ``--force``) untouched. The one case that must succeed (fewer images than the calibration
 asks for) says so in the table.
 
-SSH cases use a real sshd on 127.0.0.1 (the fixture of tests/exporter/test_remote_targets.py);
+SSH cases use a real sshd on 127.0.0.1 (the ``sshd`` fixture of tests/conftest.py);
 QEMU cases need qemu-aarch64 but never a built sysroot. Both skip with the reason when absent.
 Ctrl-C is a separate test: it needs a real process to signal.
 """
@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +37,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.exporter.cli.test_cli import assert_one_line_error, invoke
-from tests.exporter.targets.test_remote_targets import _free_port, sshd  # noqa: F401 (fixture)
-from tests.robustness.conftest import FAST, FP32_ONLY
-
-ROOT = Path(__file__).resolve().parents[2]
-EDGEPACK = ROOT / ".venv" / "bin" / "edgepack"
-
+from tests.helpers import EDGEPACK, ROOT, assert_one_line_error, free_port, invoke
+from tests.robustness.options import FAST, FP32_ONLY
 
 # ------------------------------------------------------------------------------ the harness
 
@@ -418,7 +415,7 @@ def _ssh_closed_port(ctx: Ctx) -> Call:
     # No sshd needed: nothing listens on a just-freed loopback port.
     ctx.write("ssh_config", "Host *\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
     return Call(
-        _ssh(ctx, host=f"nobody@127.0.0.1:{_free_port()}", config=str(ctx.tmp / "ssh_config")),
+        _ssh(ctx, host=f"nobody@127.0.0.1:{free_port()}", config=str(ctx.tmp / "ssh_config")),
         ("unreachable", "Connection refused"),
     )
 
@@ -743,7 +740,7 @@ def test_bad_input(builder, tmp_path, request, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     env = {"TMPDIR": str(scratch), **(call.env or {})}
     before, device_before = _snapshot(case_dir), _device_leftovers()
-    res = (run_process if call.process else invoke_env)(call.args, env)
+    res = run_process(call.args, env) if call.process else invoke(*call.args, env=env)
     if call.ok:
         assert res.exit_code in (0, 1), res.output
         assert (ctx.out / "report.json").is_file() and not (ctx.out / "keep.txt").exists()
@@ -786,18 +783,21 @@ def run_process(args, env) -> _ProcessResult:
     return _ProcessResult(proc.returncode, proc.stdout + proc.stderr)
 
 
-def invoke_env(args, env):
-    from click.testing import CliRunner
-
-    from exporter.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
-
-
-def test_catalogue_lists_each_case_once():
+def test_catalogue_matches_its_documentation():
+    """Each case is listed once, and docs/robustness.md counts the cases of each side (and in
+    all) as the suite runs them: the table rows plus the target tests of their own below."""
     ids = [i for i, _ in CASES]
-    assert len(ids) == len(set(ids)) == 44
-    # + disk full (run, train) and Ctrl-C below: 47 cases in all.
+    assert len(ids) == len(set(ids))
+    per_side = Counter(i.split("/", 1)[0] for i in ids)
+    # disk full under run and under train, Ctrl-C: target cases that need a test of their own
+    per_side["target"] += len(
+        [n for n in globals() if n.startswith(("test_disk_full_", "test_ctrl_c_"))]
+    )
+    doc = (ROOT / "docs" / "robustness.md").read_text()
+    documented = {side: int(n) for side, n in re.findall(r"^\| (\w+) \((\d+)\) \|", doc, re.M)}
+    assert documented == dict(per_side)
+    total = sum(per_side.values())
+    assert f"## Bad inputs: {total} cases, {total} pass" in doc
 
 
 # --------------------------------------------------------------------- disk full and Ctrl-C

@@ -13,8 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.robustness.conftest import FAST
-from tests.robustness.test_bad_inputs import EDGEPACK
+from tests.helpers import EDGEPACK
+from tests.robustness.options import FAST
 
 # Measured, not computed: differ between two runs of the same command by nature.
 VOLATILE_KEYS = {"latency_ms", "peak_rss_mb", "model_rss_mb", "conversion_s", "seconds"}

@@ -6,9 +6,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from click.testing import CliRunner
 
-from exporter.cli import cli
+from tests.helpers import assert_one_line_error, invoke, load_npz
 
 FAST = [
     "--set",
@@ -18,10 +17,6 @@ FAST = [
     "--set",
     "compress.finetune.epochs=1",
 ]
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +38,6 @@ def trained(tmp_path_factory):
     assert res.exit_code == 0, res.output
     assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
     return tmp / "seed.pt"
-
-
-def assert_one_line_error(res, *fragments, code=2):
-    assert res.exit_code == code, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    assert "Traceback" not in res.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
 
 
 def no_leftovers(parent: Path, out: Path):
@@ -76,13 +62,13 @@ def test_run_end_to_end(trained, tmp_path):
         by_path
     )
     i8 = by_path["model.int8.tflite"]
-    assert i8["transpose_count"] == 0 and i8["io_dtype"] == "float32"
+    assert i8["tflite"]["transpose_count"] == 0 and i8["tflite"]["io_dtype"] == "float32"
     assert i8["bytes"] < 0.4 * by_path["model.fp32.tflite"]["bytes"]
     for art in report["artifacts"]:
         assert art["status"] == "ok", art
         assert art["accuracy_drop"] <= 1.5, art["path"]  # the x86_64 recipe's budget
     tfl = by_path["model.fp32.tflite"]
-    assert tfl["transpose_count"] == 0 and tfl["input"]["layout"] == "nhwc"
+    assert tfl["tflite"]["transpose_count"] == 0 and tfl["input"]["layout"] == "nhwc"
     assert tfl["max_abs_diff"] == pytest.approx(
         by_path["model.fp32.onnx"]["max_abs_diff"], abs=1e-4
     )
@@ -117,7 +103,7 @@ def test_run_end_to_end(trained, tmp_path):
     comp = report["compression"]
     assert abs(comp["pruned_fraction"] - 0.75) < 1e-3
     # The artifact reloads and reproduces the accuracy in the report.
-    batch = np.load(out / "eval_batch.npz")
+    batch = load_npz(out / "eval_batch.npz")
     sess = ort.InferenceSession(str(out / "model.fp32.onnx"))
     pred = sess.run(None, {"input": batch["inputs"]})[0].argmax(1)
     assert (pred == batch["labels"]).mean() * 100 == pytest.approx(art["accuracy"])
@@ -455,7 +441,7 @@ def test_uint8_camera_input(trained, tmp_path):
     # Raw pixels in, same answers as the float-input fp32 model on (nearly) every image.
     from ai_edge_litert.interpreter import Interpreter
 
-    batch = np.load(out / "eval_batch.npz")
+    batch = load_npz(out / "eval_batch.npz")
     it = Interpreter(model_path=str(out / "model.int8.tflite"))
     it.allocate_tensors()
     inp, outp = it.get_input_details()[0], it.get_output_details()[0]
@@ -494,3 +480,74 @@ def test_inspect_tflite_shows_io_contract(trained, tmp_path):
     info = json.loads(invoke("inspect", out / "model.int8.tflite", "--json").output)
     weights = [t for t in info["tensors"] if t["dtype"] == "int8" and len(t["shape"]) >= 2]
     assert weights and max(t.get("sparsity") or 0 for t in weights) > 0.5
+
+
+def test_python_api_train_writes_what_run_reads(tiny_npz, tmp_path):
+    import exporter
+    from exporter.inputs.data import Normalization, load_data, stratified_split
+    from exporter.models.zoo import SeedCNN
+    from exporter.training.loop import accuracy, predict
+
+    data = f"npz:{tiny_npz}"
+    out = tmp_path / "w" / "tiny.pt"
+    res = exporter.train("seed-cnn", out, data=data, epochs=1, batch_size=16)
+    assert res.weights == out and res.record == tmp_path / "w" / "tiny.pt.json"
+    assert len(res.losses) == 1 and np.isfinite(res.losses[0])
+
+    # The weights load strictly into the architecture they were trained as.
+    model = SeedCNN(3, (12, 10), 3)
+    model.load_state_dict(torch.load(out, weights_only=True))
+    record = json.loads(res.record.read_text())
+    assert record["classes"] == ["r", "g", "b"] and record["epochs"] == 1
+    assert record["final_loss"] == res.losses[-1]
+    # Normalization: the training data's per-channel statistics, computed here independently.
+    pixels = load_npz(tiny_npz)["images"].reshape(-1, 3).astype(np.float64) / 255.0
+    np.testing.assert_allclose(record["mean"], pixels.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(record["std"], pixels.std(0), rtol=1e-12)
+
+    # The reported accuracy is that of the written weights on the seeded 20 % hold-out.
+    _, hold = stratified_split(load_data(data), 0.2, 0)
+    assert res.eval_images == len(hold) == 18
+    norm = Normalization(tuple(record["mean"]), tuple(record["std"]), "record")
+    assert res.eval_accuracy == accuracy(predict(model, norm.apply(hold.images)), hold.labels)
+    assert record["eval_accuracy"] == res.eval_accuracy
+
+    run = exporter.run(
+        "seed-cnn",
+        tmp_path / "run",
+        weights=str(out),
+        data=data,
+        overrides=('export.formats=["onnx"]', 'export.precisions=["fp32"]', *FAST[1::2]),
+    )
+    norm_used = run.report["data"]["normalization"]
+    assert norm_used["source"] == "recorded at training in tiny.pt.json"
+    assert (norm_used["mean"], norm_used["std"]) == (record["mean"], record["std"])
+    # `run` validates on the very images `train` held out, with the same weights.
+    assert run.report["reference"]["accuracy"] == res.eval_accuracy
+
+
+def test_python_api_train_refuses_bad_options_before_writing(tmp_path):
+    import exporter
+    from exporter.errors import EdgepackError
+
+    for kwargs, match in (
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"holdout": 1.0}, "holdout must be between 0 and 1"),
+        ({"lr": 0.0}, "lr must be > 0"),
+    ):
+        with pytest.raises(EdgepackError, match=match) as err:
+            exporter.train("seed-cnn", tmp_path / "w.pt", **kwargs)
+        assert err.value.exit_code == 2
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_refuses_an_onnx_model(tmp_path):
+    from exporter.models.zoo import SeedCNN
+    from exporter.onnx.export import export_onnx
+
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(SeedCNN(1, (8, 8), 10).eval(), (1, 8, 8), onnx_path)
+    res = invoke("train", "--model", onnx_path, "--epochs", "1", "--out", tmp_path / "w.pt")
+    assert res.exit_code == 2, res.output
+    assert "Error: Invalid value for --model: an ONNX model cannot be trained" in res.output
+    assert not (tmp_path / "w.pt").exists() and not (tmp_path / "w.pt.json").exists()

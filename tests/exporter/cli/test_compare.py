@@ -6,19 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from exporter.cli import cli
 from tests.exporter.report.samples import (
     assert_self_contained,
     check_report,
     failing_report,
     full_report,
 )
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+from tests.helpers import assert_one_line_error, invoke
 
 
 def _write(path: Path, report: dict) -> Path:
@@ -97,14 +92,6 @@ def test_compare_default_html_path(dirs, tmp_path, monkeypatch):
     assert (tmp_path / "compare.html").is_file()
 
 
-def _assert_one_line_error(res, *fragments):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-
-
 def test_compare_bad_inputs_write_nothing(dirs, tmp_path):
     a, _ = dirs
     html = tmp_path / "bad.html"
@@ -122,10 +109,10 @@ def test_compare_bad_inputs_write_nothing(dirs, tmp_path):
         ((old,), "schema_version 99"),
     ]
     for args, fragment in cases:
-        _assert_one_line_error(invoke("compare", *args, "--html", html), fragment)
+        assert_one_line_error(invoke("compare", *args, "--html", html), fragment)
         assert not html.exists(), args
     # An existing page is kept unless --force.
     html.write_text("keep me")
-    _assert_one_line_error(invoke("compare", a, "--html", html), "already exists")
+    assert_one_line_error(invoke("compare", a, "--html", html), "already exists")
     assert html.read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".bad.html")] == []

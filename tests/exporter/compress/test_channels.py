@@ -9,7 +9,7 @@ from exporter.compress.channels import prune_channels
 from exporter.models.zoo import MobileNetV2Cifar, ResNet8, SeedCNN
 from exporter.onnx.export import export_onnx
 from exporter.recipe import ChannelSpec, CompressSpec, FinetuneSpec
-from tests.conftest import randomize_batchnorm
+from tests.helpers import randomize_batchnorm
 
 
 class ConcatNet(nn.Module):

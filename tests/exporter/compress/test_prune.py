@@ -169,3 +169,60 @@ def test_compress_with_rounding_recipe():
     res = compress(m, spec, None, None)
     assert set(res.rounding) == set(prunable_weights(m, []))
     assert res.pruned_fraction >= 0.5
+
+
+@pytest.mark.parametrize("sparsity", [0.1, 0.5, 0.77])
+def test_unstructured_global_masks_equal_a_stable_sort_of_abs_w(sparsity):
+    """Few distinct magnitudes, so ties are everywhere: exactly round(sparsity * n) weights go,
+    the smallest |w| first and, among equal ones, the earliest (layers in order, row-major)."""
+    gen = torch.Generator().manual_seed(3)
+    weights = {
+        "a.weight": torch.randint(-3, 4, (6, 3, 3, 3), generator=gen).float(),
+        "b.weight": torch.randint(-3, 4, (10, 54), generator=gen).float(),
+    }
+    masks = magnitude_masks(weights, sparsity=sparsity, scope="global")
+    flat = np.concatenate([w.abs().numpy().ravel() for w in weights.values()])
+    k = round(sparsity * flat.size)
+    expected = np.ones(flat.size, dtype=bool)
+    expected[np.argsort(flat, kind="stable")[:k]] = False
+    got = np.concatenate([m.numpy().ravel() for m in masks.values()])
+    assert np.array_equal(got, expected)
+
+
+def _conv_fc(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Conv and Linear weights found by module type (not by the code under test)."""
+    return {
+        f"{name}.weight": m.weight.detach()
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    }
+
+
+@pytest.mark.parametrize("round_spec", [RoundSpec(step=1 / 64), RoundSpec(bits=4)])
+def test_rounding_covers_the_layers_pruning_leaves_dense(round_spec):
+    """compress.round applies to every conv / FC weight, first conv and last FC included (the
+    default prune.exclude); BatchNorm and biases are left as they were."""
+    m = _model()
+    before = {n: p.detach().clone() for n, p in m.state_dict().items()}
+    grid = _conv_fc(m)
+    # the grid each layer must land on, computed from the weights before compress touches them
+    alpha = {
+        n: round_spec.step or float(w.abs().max()) / (2 ** (round_spec.bits - 1) - 1)
+        for n, w in grid.items()
+    }
+    spec = CompressSpec(
+        prune=PruneSpec(sparsity=0.5),  # exclude defaults to first_conv, last_fc
+        finetune=FinetuneSpec(epochs=0),
+        round=round_spec,
+    )
+    assert spec.prune.exclude == ["first_conv", "last_fc"]
+    res = compress(m, spec, None, None)
+    assert set(res.rounding) == set(grid) and len(grid) >= 3
+    after = m.state_dict()
+    for name, w in _conv_fc(m).items():
+        q = w.double() / alpha[name]
+        assert (q - q.round()).abs().max() <= 1e-6 * max(1.0, float(q.abs().max())), name
+        assert not torch.equal(w, before[name]), f"{name} was not rounded"
+    for name, value in before.items():
+        if name not in grid:
+            assert torch.equal(after[name], value), f"{name} changed"

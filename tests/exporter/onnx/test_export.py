@@ -8,7 +8,7 @@ from exporter.compress.prune import prune_model
 from exporter.errors import InputFileError
 from exporter.models.zoo import ResNet8, SeedCNN
 from exporter.onnx.export import describe_onnx, export_onnx, load_onnx
-from tests.conftest import randomize_batchnorm
+from tests.helpers import randomize_batchnorm
 
 
 def _parity(model, shape, path):

@@ -17,7 +17,7 @@ from exporter.onnx.export import export_onnx
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.qat import fold_batchnorms, qat_finetune
 from exporter.training.loop import TrainConfig, train
-from tests.conftest import randomize_batchnorm
+from tests.helpers import randomize_batchnorm
 
 
 @pytest.mark.parametrize("factory", [ResNet8, MobileNetV2Cifar])

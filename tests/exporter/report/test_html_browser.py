@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from exporter.cli import cli
 from exporter.report.html import render_html
 from tests.exporter.report.samples import assert_self_contained
+from tests.helpers import invoke
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +34,6 @@ FAST = [
     "compress.finetune.epochs=1",
 ]
 WINDOW = (1280, 2400)
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

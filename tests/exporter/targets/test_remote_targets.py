@@ -7,12 +7,9 @@ tests start a real sshd on 127.0.0.1 with throw-away keys; the "device" is this 
 
 from __future__ import annotations
 
-import getpass
-import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,34 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from exporter.cli import cli
 from exporter.errors import RecipeError, RuntimeCheckError
 from exporter.recipe import load_recipe
 from runtime_check import evaluate
 from runtime_check import qemu as rq
+from tests.helpers import assert_one_line_error, free_port, invoke
 
 FAST = ["--set", "runtime.runs=10", "--set", "runtime.warmup=1"]
-HAS_TFLITE = importlib.util.find_spec("exporter.tflite") is not None
-
-
-def invoke(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, env=env)
-
-
-def one_line_error(res, *fragments):
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory) -> Path:
-    """A trained seed CNN on digits exported to ONNX (+ TFLite when the writer is there)."""
+    """A trained seed CNN on digits exported to ONNX and TFLite, fp32 and int8."""
     tmp = tmp_path_factory.mktemp("remote")
     res = invoke(
         "train",
@@ -62,7 +44,6 @@ def out_dir(tmp_path_factory) -> Path:
         "-q",
     )
     assert res.exit_code == 0, res.output
-    formats = '["onnx","tflite"]' if HAS_TFLITE else '["onnx"]'
     res = invoke(
         "run",
         "--model",
@@ -74,7 +55,7 @@ def out_dir(tmp_path_factory) -> Path:
         "--out",
         tmp / "dist",
         "--set",
-        f"export.formats={formats}",
+        'export.formats=["onnx","tflite"]',
         "--set",
         'export.precisions=["fp32","int8"]',
         "--set",
@@ -139,7 +120,7 @@ def test_qemu_check_matches_x86(qemu_reports, x86_report, target, part):
     assert report["target"]["device"] == "qemu"
     x86 = {a["path"]: a for a in x86_report["artifacts"]}
     formats = {a["format"] for a in report["artifacts"]}
-    assert formats == ({"onnx", "tflite"} if HAS_TFLITE else {"onnx"})
+    assert formats == {"onnx", "tflite"}
     for a in report["artifacts"]:
         ref = x86[a["path"]]
         assert a["status"] == "ok", a
@@ -175,12 +156,7 @@ def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
 
     sr = sysroot_for("arm64")
     view = rq.ensure_view(sr.sysroot, sr.views, cpu)
-    names = [
-        "model.fp32.onnx",
-        "model.int8.onnx",
-        *(["model.fp32.tflite", "model.int8.tflite"] if HAS_TFLITE else []),
-    ]
-    for name in names:
+    for name in ("model.fp32.onnx", "model.int8.onnx", "model.fp32.tflite", "model.int8.tflite"):
         host = evaluate.logits_for(out_dir / name, out_dir / "eval_batch.npz")
         guest = guest_logits(
             view, cpu, out_dir / name, out_dir / "eval_batch.npz", tmp_path / f"{name}.npy"
@@ -195,7 +171,6 @@ def test_guest_logits_equal_x86(arm64_cache, out_dir, tmp_path, cpu):
 @pytest.mark.slow
 def test_instruction_counts_repeat(qemu_reports, out_dir):
     """The guest instruction count of an inference is the same, run after run."""
-    runtime = "litert" if HAS_TFLITE else "onnxruntime"
     rerun = invoke(
         "check",
         out_dir,
@@ -205,7 +180,7 @@ def test_instruction_counts_repeat(qemu_reports, out_dir):
         "--force",
         "--json",
         "--set",
-        f'runtime.runtimes=["{runtime}"]',
+        'runtime.runtimes=["litert"]',
     )
     assert rerun.exit_code == 0, rerun.output
     again = {
@@ -234,7 +209,7 @@ def test_missing_sysroot_is_one_line(out_dir, tmp_path):
         "-q",
         env={"EDGEPACK_CACHE": str(tmp_path / "empty")},
     )
-    one_line_error(res, "not built", "edgepack target setup arm64")
+    assert_one_line_error(res, "not built", "edgepack target setup arm64")
 
 
 def test_corrupt_sysroot_offers_force(out_dir, tmp_path):
@@ -251,7 +226,7 @@ def test_corrupt_sysroot_offers_force(out_dir, tmp_path):
         "-q",
         env={"EDGEPACK_CACHE": str(tmp_path / "cache")},
     )
-    one_line_error(res, "python3.11 is missing", "edgepack target setup arm64 --force")
+    assert_one_line_error(res, "python3.11 is missing", "edgepack target setup arm64 --force")
     res = invoke("target", "status", env={"EDGEPACK_CACHE": str(tmp_path / "cache")})
     assert res.exit_code == 0 and "not usable" in res.output and "--force" in res.output
 
@@ -287,71 +262,6 @@ def test_cpuinfo_and_view(tmp_path):
 
 
 # -------------------------------------------------------------------------------------- SSH
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ssh_config(path: Path, keys: Path, known_hosts: Path) -> Path:
-    path.write_text(
-        f"Host *\n  IdentityFile {keys / 'id'}\n  IdentitiesOnly yes\n"
-        f"  UserKnownHostsFile {known_hosts}\n  GlobalKnownHostsFile /dev/null\n"
-        "  LogLevel ERROR\n"
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """A real sshd on 127.0.0.1 with throw-away keys; yields (host, dir with configs)."""
-    if not (
-        Path("/usr/sbin/sshd").is_file() and shutil.which("ssh") and shutil.which("ssh-keygen")
-    ):
-        pytest.skip("needs openssh-server and openssh-client (apt-get install openssh-server)")
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("hostkey", "id", "otherkey"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-        )
-    shutil.copy(d / "id.pub", d / "authorized_keys")
-    port = _free_port()
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'hostkey'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\nUsePAM no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
-        "KbdInteractiveAuthentication no\nLogLevel ERROR\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen(
-        ["/usr/sbin/sshd", "-D", "-e", "-f", str(d / "sshd_config")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.skip(f"sshd did not start: {proc.stderr.read().decode()[-300:]}")
-        time.sleep(0.1)
-    hostkey = " ".join((d / "hostkey.pub").read_text().split()[:2])
-    other = " ".join((d / "otherkey.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {hostkey}\n")
-    (d / "known_bad").write_text(f"[127.0.0.1]:{port} {other}\n")
-    (d / "known_empty").write_text("")
-    for name, known in (("good", "known_hosts"), ("bad", "known_bad"), ("unknown", "known_empty")):
-        _ssh_config(d / f"ssh_config.{name}", d, d / known)
-    try:
-        yield f"{getpass.getuser()}@127.0.0.1:{port}", d
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def ssh_check(out_dir, host, config, *extra):
@@ -399,7 +309,7 @@ def test_ssh_check_equals_local(sshd, out_dir, x86_report):
         assert a["status"] == "ok"
         for key in ("accuracy", "agreement", "max_abs_diff", "samples", "bytes", "runtime"):
             assert a[key] == ref[key], key
-        assert a["latency_ms"]["p50"] > 0 and "emulated" not in a
+        assert a["latency_ms"]["p50"] > 0 and a["emulated"] is False
     assert _leftovers() <= before
 
 
@@ -418,7 +328,7 @@ def test_ssh_failures_are_one_line(sshd, out_dir, tmp_path, case, fragments):
     if case in ("bad", "unknown"):
         config = d / f"ssh_config.{case}"
     elif case == "closed":
-        host = f"{host.split('@')[0]}@127.0.0.1:{_free_port()}"
+        host = f"{host.split('@')[0]}@127.0.0.1:{free_port()}"
     else:
         # A python without numpy or runtimes: a fresh venv of this interpreter, no pip.
         subprocess.run(
@@ -428,11 +338,11 @@ def test_ssh_failures_are_one_line(sshd, out_dir, tmp_path, case, fragments):
     before = _leftovers()
     started = time.monotonic()
     res = ssh_check(out_dir, host, config, *extra, "-q")
-    one_line_error(res, *fragments)
+    assert_one_line_error(res, *fragments)
     assert time.monotonic() - started < 60
     assert _leftovers() <= before, "a temp dir was left on the device"
 
 
 def test_ssh_target_needs_a_host(out_dir):
     res = invoke("check", out_dir, "--target", "rpi4", "-q")
-    one_line_error(res, "runs over SSH: give --host user@host[:port]")
+    assert_one_line_error(res, "runs over SSH: give --host user@host[:port]")

@@ -7,9 +7,7 @@ measure of the int8 file size. Same patterns: BatchNorm, ReLU6, depthwise, resid
 
 from __future__ import annotations
 
-import torch
 from nets import MobileNetV2Like, SeedCNN
-from torch import nn
 
 
 class MobileNetV2Small(MobileNetV2Like):
@@ -22,18 +20,6 @@ class MobileNetV2Small(MobileNetV2Like):
             384,
             num_classes,
         )
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BatchNorm statistics (as nets.build does), then eval mode."""
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
 
 
 class SeedCNNValid(SeedCNN):

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.helpers import randomize_batchnorm
+
 
 class SeedCNN(nn.Module):
     """The project's seed model: two conv/pool stages and a two-layer head."""
@@ -143,11 +145,5 @@ NETS = {"seed": SeedCNN, "mobilenetv2": MobileNetV2Tiny, "resnet": ResNetTiny, "
 def build(name: str, seed: int = 0) -> nn.Module:
     """An eval-mode net with non-trivial BatchNorm statistics (so folding is really tested)."""
     torch.manual_seed(seed)
-    model = NETS[name]()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return model.eval()
+    # BN statistics continue the sequence the weights' initialization drew from
+    return randomize_batchnorm(NETS[name](), seed=None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import time
 import warnings
 from pathlib import Path
 
@@ -87,11 +86,8 @@ def test_seed_nchw_input_has_one_boundary_transpose(exported, tmp_path):
     assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_seed_conversion_time_and_size(exported, tmp_path):
+def test_seed_conversion_size(exported, tmp_path):
     onnx_path = exported["seed"][1]
-    start = time.perf_counter()
     result = convert_onnx_file(onnx_path, tmp_path / "seed.tflite")
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0
     onnx_size = onnx_path.stat().st_size
     assert abs(result.bytes - onnx_size) / onnx_size < 0.01, (result.bytes, onnx_size)
