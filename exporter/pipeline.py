@@ -254,9 +254,7 @@ def _qat(
 
 @dataclass(frozen=True)
 class _TfliteJob:
-    """One ONNX -> TFLite conversion: the ONNX file and the writer's options. The sparse-stored
-    copy of a TFLite artifact is made from the same job, so both storages of one artifact come
-    from the same ONNX model (exporter.tflite may then serialise both from one lowering)."""
+    """One ONNX -> TFLite conversion: the ONNX file and the writer's options."""
 
     source: Path
     name: str
@@ -265,18 +263,31 @@ class _TfliteJob:
     int8: Int8Facts | None = None
 
 
-def _convert(tmp: Path, job: _TfliteJob, recipe: Recipe, storage: str) -> Artifact:
+def _convert(tmp: Path, job: _TfliteJob, recipe: Recipe) -> tuple[Artifact, Artifact | None]:
+    """The dense TFLite artifact and, when the recipe asks for sparse storage and it is smaller,
+    its sparse-stored copy: one lowering, serialised twice (``storage`` decides each weight's
+    storage for ``runtime.delegate``)."""
     from exporter.tflite import convert_onnx_file
 
-    sparse = storage == "sparse"
-    name = sparse_name(job.name) if sparse else job.name
+    sparse_path = tmp / sparse_name(job.name) if "sparse" in recipe.export.storage else None
     res = convert_onnx_file(
         job.source,
-        tmp / name,
+        tmp / job.name,
         input_layout=recipe.export.input_layout,
+        delegate=recipe.runtime.delegate,
+        sparse_path=sparse_path,
         **job.options,
-        **({"storage": "sparse", "delegate": recipe.runtime.delegate} if sparse else {}),
     )
+    dense = _tflite_artifact(job, res, None)
+    if res.sparse is None:
+        return dense, None
+    if res.sparse.bytes >= res.bytes:
+        res.sparse.path.unlink(missing_ok=True)
+        return dense, None
+    return dense, _tflite_artifact(job, res.sparse, recipe.runtime.delegate)
+
+
+def _tflite_artifact(job: _TfliteJob, res, storage_delegate: str | None) -> Artifact:
     facts = TfliteFacts(
         op_counts=dict(res.op_counts),
         transpose_count=res.transpose_count,
@@ -284,22 +295,19 @@ def _convert(tmp: Path, job: _TfliteJob, recipe: Recipe, storage: str) -> Artifa
         io_dtype=res.io_dtype,
         float_fallback_ops=list(res.float_fallback_ops),
         conversion_s=round(res.seconds, 3),
-        storage_delegate=recipe.runtime.delegate if sparse else None,
+        storage_delegate=storage_delegate,
     )
+    name = res.path.name
     tensors = (
         [from_json(StoredTensor, t, f"{name} tensors") for t in res.tensors]
         if res.tensors is not None
         else None
     )
-    return Artifact(name, "tflite", job.precision, storage, facts, job.int8, tensors)
+    return Artifact(name, "tflite", job.precision, res.storage, facts, job.int8, tensors)
 
 
-def _sparse_copies(tmp: Path, artifacts: list[Artifact], jobs: list[_TfliteJob], recipe: Recipe):
-    """A sparse-stored copy of each dense ONNX / TFLite artifact, kept only where smaller.
-
-    TFLite copies are converted again by the job that made the dense one, each weight stored
-    as ``exporter.tflite.storage`` decides for ``runtime.delegate``.
-    """
+def _sparse_onnx_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
+    """A sparse-stored copy of each dense ONNX artifact, kept only where smaller."""
     out = []
     for art in [a for a in artifacts if a.format == "onnx" and a.storage == "dense"]:
         name = sparse_name(art.path)
@@ -311,12 +319,6 @@ def _sparse_copies(tmp: Path, artifacts: list[Artifact], jobs: list[_TfliteJob],
             )
         else:
             (tmp / name).unlink(missing_ok=True)
-    for job in jobs:
-        sparse = _convert(tmp, job, recipe, "sparse")
-        if (tmp / sparse.path).stat().st_size < (tmp / job.name).stat().st_size:
-            out.append(sparse)
-        else:
-            (tmp / sparse.path).unlink(missing_ok=True)
     return out
 
 
@@ -370,7 +372,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
 
     with atomic_dir(opts.out, force=opts.force) as tmp:
         artifacts: list[Artifact] = []
-        jobs: list[_TfliteJob] = []
+        sparse_tflite: list[Artifact] = []  # listed after the dense artifacts, as before
         compressed = None
         export = quantization = None
         if loaded.is_onnx:
@@ -396,8 +398,9 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             artifacts.append(Artifact(ONNX_FP32, "onnx", "fp32", "dense"))
         if "tflite" in formats:
             task = progress.add_task("export TFLite fp32", total=1)
-            jobs.append(_TfliteJob(tmp / ONNX_FP32, TFLITE_FP32, "fp32"))
-            artifacts.append(_convert(tmp, jobs[-1], recipe, "dense"))
+            dense, sparse = _convert(tmp, _TfliteJob(tmp / ONNX_FP32, TFLITE_FP32, "fp32"), recipe)
+            artifacts.append(dense)
+            sparse_tflite += [sparse] if sparse else []
             progress.update(task, advance=1)
         if "int8" in recipe.export.precisions:
             task = progress.add_task("quantize int8", total=1)
@@ -420,11 +423,13 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             progress.update(task, advance=1)
             if "tflite" in formats:
                 task = progress.add_task("export TFLite int8", total=1)
-                jobs.append(_int8_job(tmp, recipe, outcome, norm))
-                artifacts.append(_convert(tmp, jobs[-1], recipe, "dense"))
+                dense, sparse = _convert(tmp, _int8_job(tmp, recipe, outcome, norm), recipe)
+                artifacts.append(dense)
+                sparse_tflite += [sparse] if sparse else []
                 progress.update(task, advance=1)
         if "sparse" in recipe.export.storage:
-            artifacts.extend(_sparse_copies(tmp, artifacts, jobs, recipe))
+            artifacts.extend(_sparse_onnx_copies(tmp, artifacts))
+        artifacts.extend(sparse_tflite)
 
         np.savez(
             tmp / EVAL_BATCH,
