@@ -12,7 +12,6 @@ File names come from exporter.outdir.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from exporter import __version__
 from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts, save_index
 from exporter.common.atomic import atomic_dir
 from exporter.common.progress import Progress, make_progress, stderr_console
+from exporter.common.typed_json import from_json
 from exporter.compress import compress
 from exporter.errors import DataError
 from exporter.inputs.data import check_fits
@@ -33,6 +33,7 @@ from exporter.inputs.prepare import (
     split_data,
 )
 from exporter.models.complexity import count_params_macs
+from exporter.models.loading import copy_model
 from exporter.models.zoo import BUILTIN
 from exporter.onnx.export import export_onnx, load_onnx, onnx_input_shape, onnx_logits
 from exporter.onnx.sparse import sparsify_onnx
@@ -65,7 +66,6 @@ from exporter.report.schema import (
     read_report,
     write_report,
 )
-from exporter.report.typed import from_json
 from exporter.targets.validate import make_runner, validate
 from exporter.training.loop import TrainConfig, accuracy, predict
 from runtime_check.cpu import describe_cpu
@@ -117,7 +117,7 @@ def _compress_and_export(
 ) -> tuple[Compression, ExportCheck, nn.Module]:
     """Compress a copy of the model, export it to ONNX fp32 and check the export's parity;
     returns the report's sections and the compressed module."""
-    compressed = copy.deepcopy(module)
+    compressed = copy_model(module)
     train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
     comp = compress(
         compressed,
@@ -199,7 +199,7 @@ def _qat(
     """
     q, ft = recipe.quantize, recipe.compress.finetune
     calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
-    model = copy.deepcopy(compressed)
+    model = copy_model(compressed)
     cfg = TrainConfig(
         epochs=q.qat_epochs, lr=q.qat_lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import importlib.util
 import inspect
 import logging
 import pickle
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,22 @@ class LoadedModel:
     @property
     def is_onnx(self) -> bool:
         return self.onnx_path is not None
+
+
+def copy_model(module: nn.Module) -> nn.Module:
+    """A deep copy to compress or fine-tune, leaving the user's model as it was loaded.
+
+    Copying a ``torch.export`` program's GraphModule makes torch 2.13 warn about its own pytree
+    ``LeafSpec`` (a FutureWarning from torch internals, nothing the user can act on), so that
+    one warning is silenced here rather than printed on every `edgepack run --model x.pt2`.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore",
+            message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+            category=FutureWarning,
+        )
+        return copy.deepcopy(module)
 
 
 def set_mode(module: nn.Module, training: bool) -> nn.Module:
