@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from exporter.common.typed_json import TypedJsonError, doc, from_json, to_json
 from exporter.errors import InputFileError
 from exporter.outdir import ARTIFACT_INDEX
-from exporter.report.typed import TypedJsonError, doc, from_json, to_json
 
 
 @dataclass

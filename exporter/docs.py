@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,37 +90,77 @@ report is still written), 2 bad input (one line on stderr, nothing written).
 """
 
 
-def report_schema_markdown() -> str:
-    from exporter.report.schema import SCHEMA_VERSION, Report
-    from exporter.report.typed import markdown_sections
+def _type_text(schema: dict[str, Any]) -> str:
+    """A JSON Schema type as docs/report_schema.md writes it: int, list[Layer], str \\| null."""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[-1]
+    if "anyOf" in schema:
+        return " \\| ".join(_type_text(s) for s in schema["anyOf"])
+    if "enum" in schema:
+        return " \\| ".join(f"`{v}`" for v in schema["enum"])
+    kind = schema.get("type")
+    if kind == "array":
+        return f"list[{_type_text(schema['items'])}]"
+    if kind == "object":
+        values = schema.get("additionalProperties", True)
+        return f"object of {_type_text(values) if isinstance(values, dict) else 'any'}"
+    names = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
+    return names.get(kind, kind or "any")
 
+
+def _refs(schema: Any) -> list[str]:
+    """The $defs a schema names, in the order they appear."""
+    if isinstance(schema, dict):
+        own = [schema["$ref"].rsplit("/", 1)[-1]] if "$ref" in schema else []
+        return own + [r for v in schema.values() for r in _refs(v)]
+    return [r for v in schema for r in _refs(v)] if isinstance(schema, list) else []
+
+
+def report_schema_markdown() -> str:
+    from exporter.common.typed_json import json_schema
+    from exporter.report.schema import SCHEMA_VERSION, Report
+
+    schema = json_schema(Report)
+    defs = {"Report": schema, **schema.get("$defs", {})}
+    order: list[str] = []
+
+    def visit(name: str) -> None:  # depth first, as a reader meets them
+        if name not in order:
+            order.append(name)
+            for ref in _refs(defs[name]["properties"]):
+                visit(ref)
+
+    visit("Report")
     blocks = [REPORT_HEADER.format(version=SCHEMA_VERSION).rstrip("\n")]
-    for cls, rows in markdown_sections(Report):
-        blocks.append(f"## {cls.__name__}")
-        if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):
-            blocks.append(" ".join(cls.__doc__.split()))
+    for name in order:
+        blocks.append(f"## {name}")
+        if "description" in defs[name]:
+            blocks.append(" ".join(defs[name]["description"].split()))
         table = ["| field | type | meaning |", "|---|---|---|"]
-        table += [
-            f"| `{name}` | {type_text} | {meaning.replace('|', chr(92) + '|')} |"
-            for name, type_text, meaning in rows
-        ]
+        for field, prop in defs[name]["properties"].items():
+            meaning = prop.get("description", "")
+            links = [f"[{r}](#{r.lower()})" for r in _refs(prop)]
+            if links:
+                meaning += f" ({', '.join(links)})"
+            meaning = meaning.replace("|", chr(92) + "|")
+            table.append(f"| `{field}` | {_type_text(prop)} | {meaning} |")
         blocks.append("\n".join(table))
     return "\n\n".join(blocks) + "\n" + REPORT_FOOTER
 
 
 def report_json_schema() -> str:
+    from exporter.common.typed_json import json_schema
     from exporter.report.schema import SCHEMA_VERSION, Report
-    from exporter.report.typed import json_schema
 
-    schema = json_schema(
-        Report,
-        f"edgepack report.json, schema_version {SCHEMA_VERSION}",
-        "Written by `edgepack run` (report.json) and `edgepack check` (checks/<target>.json); "
-        "generated from exporter/report/schema.py, explained in docs/report_schema.md.",
-    )
-    schema["properties"]["schema_version"] = {
-        **schema["properties"]["schema_version"],
-        "const": SCHEMA_VERSION,
+    body = json_schema(Report)
+    body["properties"]["schema_version"]["const"] = SCHEMA_VERSION
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **body,
+        "title": f"edgepack report.json, schema_version {SCHEMA_VERSION}",
+        "description": "Written by `edgepack run` (report.json) and `edgepack check` "
+        "(checks/<target>.json); generated from exporter/report/schema.py, explained in "
+        "docs/report_schema.md.",
     }
     return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
 

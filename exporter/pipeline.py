@@ -22,7 +22,7 @@ from exporter import __version__
 from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts, save_index
 from exporter.common.atomic import atomic_dir
 from exporter.common.progress import Progress, make_progress, stderr_console
-from exporter.common.typed_json import from_json
+from exporter.common.typed_json import from_json, to_json
 from exporter.compress import compress
 from exporter.errors import DataError
 from exporter.inputs.data import check_fits
@@ -60,6 +60,7 @@ from exporter.report.schema import (
     ModelInfo,
     Normalization,
     Qat,
+    Quantization,
     Reference,
     Report,
     Target,
@@ -236,10 +237,12 @@ def _qat(
             "chosen": chosen,
         }
     )
-    outcome.qat = Qat(
-        **qat.to_dict(),
-        tuning_accuracy_fp32=found.fp32_tuning_accuracy,
-        seconds=round(found.seconds, 2),
+    outcome.qat = to_json(
+        Qat(
+            **qat.to_dict(),
+            tuning_accuracy_fp32=found.fp32_tuning_accuracy,
+            seconds=round(found.seconds, 2),
+        )
     )
     if not chosen:
         return
@@ -407,12 +410,12 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             outcome = _quantize(tmp, recipe, splits, norm)
             if not outcome.within_budget and recipe.quantize.qat_epochs:
                 if compressed is None:
-                    outcome.qat = Qat(
-                        skipped="the model entered as ONNX: QAT needs the torch model"
+                    outcome.qat = to_json(
+                        Qat(skipped="the model entered as ONNX: QAT needs the torch model")
                     )
                 else:
                     _qat(tmp, recipe, splits, norm, compressed, outcome, progress)
-            quantization = outcome.to_section()
+            quantization = from_json(Quantization, outcome.section(), "quantization")
             if "onnx" in formats:
                 facts = Int8Facts(
                     calibration=outcome.settings.method,

@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "common": {"errors"},
     "recipe": {"errors"},
     "outdir": set(),
-    "artifacts": {"errors", "outdir"},
+    "artifacts": {"errors", "common", "outdir"},
     "models": BASE,
     "training": BASE | {"models", "inputs"},
     "inputs": BASE | {"models"},

@@ -43,6 +43,7 @@ from exporter.package.metadata import (
 from exporter.package.ort_format import ORT_CONFIG, ORT_MODEL, convert_to_ort
 from exporter.package.usage import render_usage
 from exporter.package.zipfile_det import read_zip, zip_bytes
+from exporter.report.schema import read_report
 
 PLATFORMS = ("android", "ios")
 MANIFEST_VERSION = 1
@@ -66,13 +67,11 @@ class PackageResult:
 
 
 def _load_report(out_dir: Path) -> dict[str, Any]:
+    """The run's report, checked against the schema (version and types) before it is used."""
     path = out_dir / REPORT
     if not out_dir.is_dir() or not path.is_file():
         raise PackageError(f"{out_dir} is not an edgepack output directory (no {REPORT})")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise PackageError(f"{path}: unreadable ({exc})") from None
+    return read_report(path).to_dict()
 
 
 def _held_budgets(row: dict[str, Any]) -> bool:
@@ -133,7 +132,7 @@ def _quant(detail: dict[str, Any]) -> tuple[float | None, int | None]:
 
 def _tflite_spec(model: bytes, row: dict[str, Any], norm: dict[str, Any]) -> dict[str, Any]:
     inp, out = _tflite_io(model)
-    layout = row.get("input_layout") or row.get("input", {}).get("layout", "nhwc")
+    layout = (row.get("tflite") or {}).get("input_layout") or "nhwc"
     shape = [int(d) for d in inp["shape"]]
     channels = shape[3] if layout == "nhwc" else shape[1]
     dtype = np.dtype(inp["dtype"]).name

@@ -28,8 +28,6 @@ from exporter.outdir import ONNX_INT8_PORTABLE
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
 from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
 from exporter.recipe import QuantizeSpec
-from exporter.report.schema import Qat, Quantization
-from exporter.report.typed import from_json, to_json
 from runtime_check.verdict import drop_within
 
 VNNI_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}
@@ -52,17 +50,15 @@ class QuantOutcome:
     within_budget: bool = True
     seconds: float = 0.0
     calibration_note: str = ""
-    qat: Qat | None = None  # quantization-aware fine-tuning, when it ran or was skipped
+    # Quantization-aware fine-tuning, when it ran or was skipped (the report's Qat, as JSON).
+    qat: dict | None = None
 
     def within(self, drop: float, max_drop: float) -> bool:
         """The int8 budget, judged within one tuning image (float noise never fails it)."""
         return drop_within(drop, max_drop, self.tuning_samples)
 
-    def to_section(self) -> Quantization:
-        """The report's ``quantization`` section."""
-        return from_json(Quantization, self._as_json(), "quantization")
-
-    def _as_json(self) -> dict:
+    def section(self) -> dict:
+        """The report's ``quantization`` section, as JSON (typed by the report's reader)."""
         s = self.settings
         return {
             "method": s.method,
@@ -77,7 +73,7 @@ class QuantOutcome:
             "sensitivity": self.sensitivity,
             "first_divergence": self.first_divergence,
             "seconds": round(self.seconds, 2),
-            "qat": to_json(self.qat) if self.qat else None,
+            "qat": self.qat,
         }
 
 

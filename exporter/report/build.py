@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.table import Table
 
 from exporter.artifacts import Artifact
+from exporter.common.typed_json import from_json
 from exporter.report.schema import (
     SCHEMA_VERSION,
     ArtifactRow,
@@ -21,7 +22,6 @@ from exporter.report.schema import (
     Report,
     Target,
 )
-from exporter.report.typed import from_json
 from runtime_check.verdict import judge_artifact, parity, verdict
 
 __all__ = ["SCHEMA_VERSION", "build_report", "print_table"]

@@ -99,7 +99,7 @@ def _header(report: dict) -> str:
 
 
 def _fmt_budget_value(name: str, value: object) -> str:
-    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f", "max_bytes": ","}.get(name)
+    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f", "max_bytes": ",.0f"}.get(name)
     if name == "max_latency_p90_ms":
         return f"{fmt_ms(value)} ms"
     text = fmt(value, spec or "g")

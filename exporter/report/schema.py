@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts
+from exporter.common.typed_json import TypedJsonError, doc, from_json, to_json
 from exporter.errors import InputFileError
-from exporter.report.typed import TypedJsonError, doc, from_json, to_json
 
 SCHEMA_VERSION = 2
 # Keys every report of every version has: without them a JSON file is not a report at all.
