@@ -1,7 +1,8 @@
 """The bad-input catalogue: every way a user (or the world) can hand edgepack something wrong.
 
-One parametrised table. Each case must end in ONE line ``error: ...`` on stderr that names the
-problem, exit code 2, no traceback, and must leave the disk as it found it: no artifact, no
+One parametrised table here, more in the other ``test_*.py`` of this folder that define
+``CASES`` (the harness: tests/robustness/harness.py). Each case must end in ONE line
+``error: ...`` on stderr that names the problem, exit code 2, no traceback, and must leave the disk as it found it: no artifact, no
 ``.name.*.tmp`` sibling, no ``edgepack-*`` directory in /tmp, and an existing ``--out`` (given
 with ``--force``) untouched. The one case that must succeed (fewer images than the calibration
 asks for) says so in the table.
@@ -14,7 +15,7 @@ Ctrl-C is a separate test: it needs a real process to signal.
 from __future__ import annotations
 
 import errno
-import hashlib
+import importlib
 import io
 import json
 import os
@@ -23,12 +24,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,108 +37,15 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import EDGEPACK, ROOT, assert_one_line_error, free_port, invoke
+from tests.robustness.harness import (
+    Call,
+    Ctx,
+    check_case,
+    digits_like,
+    npz,
+    random_bytes,
+)
 from tests.robustness.options import FAST, FP32_ONLY
-
-# ------------------------------------------------------------------------------ the harness
-
-
-@dataclass
-class Call:
-    """One CLI invocation of a case and what it must produce."""
-
-    args: list
-    fragments: tuple[str, ...]  # each must appear in the single error line
-    env: dict | None = None
-    ok: bool = False  # the case must succeed (exit 0 or 1 with a report) instead of failing
-    after: Callable[[object], None] | None = None  # extra checks, given the click result
-    skip: str | None = None
-    # Run `.venv/bin/edgepack` in a real process: libraries that log or print to the real
-    # stderr (torch's loggers, native runtimes) bypass click's in-process capture.
-    process: bool = False
-
-
-@dataclass
-class Ctx:
-    """What a case builder may use: a private directory and (lazily) the shared fixtures."""
-
-    tmp: Path
-    request: pytest.FixtureRequest
-    out: Path = field(init=False)
-
-    def __post_init__(self):
-        # An existing output directory that every failing `run` is asked to --force over: it
-        # must survive the failure untouched.
-        self.out = self.tmp / "out"
-        self.out.mkdir()
-        (self.out / "keep.txt").write_text("the user's previous run")
-
-    def fixture(self, name: str):
-        return self.request.getfixturevalue(name)
-
-    @property
-    def weights(self) -> Path:
-        return self.fixture("seed_weights")
-
-    def run(self, *args) -> list:
-        return ["run", *args, "--out", self.out, "--force", "-q", *FAST]
-
-    def seeded(self, *args) -> list:
-        """`run` of the trained seed CNN: any error must come from ``args``."""
-        return self.run("--model", "seed-cnn", "--weights", self.weights, *args)
-
-    def write(self, name: str, data: bytes | str) -> Path:
-        path = self.tmp / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data if isinstance(data, bytes) else data.encode())
-        return path
-
-    def copy_out(self) -> Path:
-        """A private copy of the session's output directory, for `edgepack check` cases."""
-        dest = self.tmp / "dist"
-        shutil.copytree(self.fixture("seed_out"), dest)
-        return dest
-
-
-def _random_bytes(n: int, seed: int) -> bytes:
-    return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
-
-
-def _snapshot(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (bytecode caches aside) with a hash of its content."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
-    }
-
-
-def _device_leftovers() -> set[str]:
-    """The SSH runner's temp dirs on the 'device' (this machine's /tmp)."""
-    return {p.name for p in Path("/tmp").glob("edgepack-rc.*")}
-
-
-def _new_device_leftovers(before: set[str]) -> set[str]:
-    # Other test sessions may share this /tmp: only a directory that stays is a leftover.
-    new = _device_leftovers() - before
-    if new:
-        time.sleep(3)
-        new &= _device_leftovers()
-    return new
-
-
-def _npz(ctx: Ctx, name: str, images: np.ndarray, labels: np.ndarray) -> Path:
-    path = ctx.tmp / name
-    np.savez(path, images=images, labels=labels)
-    return path
-
-
-def _digits_like(n: int, h: int = 8, w: int = 8, c: int = 1, classes: int = 10) -> tuple:
-    rng = np.random.default_rng(n)
-    return (
-        rng.integers(0, 256, (n, h, w, c), dtype=np.uint8),
-        np.arange(n, dtype=np.int64) % classes,
-    )
-
 
 # ------------------------------------------------------------------------------ model side
 
@@ -305,7 +211,7 @@ def _imagefolder_corrupt(ctx: Ctx) -> Call:
 
 
 def _cifar_wrong_length(ctx: Ctx) -> Call:
-    ctx.write("cifar/data_batch_1.bin", _random_bytes(3073 * 2 + 100, 3))
+    ctx.write("cifar/data_batch_1.bin", random_bytes(3073 * 2 + 100, 3))
     return Call(
         ctx.run("--model", "seed-cnn", "--data", f"cifar10:{ctx.tmp / 'cifar'}"),
         ("data_batch_1.bin: 6246 bytes", "not a whole number of 3073-byte"),
@@ -316,7 +222,7 @@ def _nan_npz(ctx: Ctx) -> Call:
     images = np.full((40, 8, 8, 1), 100.0, np.float32)
     images[3, 2, 2, 0] = np.nan
     images[5, 1, 1, 0] = np.inf
-    path = _npz(ctx, "nan.npz", images, np.arange(40) % 10)
+    path = npz(ctx, "nan.npz", images, np.arange(40) % 10)
     return Call(
         ctx.run("--model", "seed-cnn", "--data", f"npz:{path}"),
         ("nan.npz: images contain NaN or Inf",),
@@ -324,7 +230,7 @@ def _nan_npz(ctx: Ctx) -> Call:
 
 
 def _few_calibration_images(ctx: Ctx) -> Call:
-    path = _npz(ctx, "few.npz", *_digits_like(60))
+    path = npz(ctx, "few.npz", *digits_like(60))
 
     def after(_res):
         report = json.loads((ctx.out / "report.json").read_text())
@@ -490,7 +396,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     (
         "model/onnx-random-bytes",
         lambda c: Call(
-            c.run("--model", c.write("noise.onnx", _random_bytes(4096, 1))),
+            c.run("--model", c.write("noise.onnx", random_bytes(4096, 1))),
             ("noise.onnx: not a valid ONNX model",),
         ),
     ),
@@ -509,7 +415,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     (
         "model/tflite-random-bytes(inspect)",
         lambda c: Call(
-            ["inspect", c.write("noise.tflite", _random_bytes(4096, 2))],
+            ["inspect", c.write("noise.tflite", random_bytes(4096, 2))],
             ("noise.tflite: not a valid TFLite model",),
             process=True,
         ),
@@ -527,7 +433,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     (
         "model/pt-random-bytes",
         lambda c: Call(
-            c.run("--model", "seed-cnn", "--weights", c.write("noise.pt", _random_bytes(4096, 3))),
+            c.run("--model", "seed-cnn", "--weights", c.write("noise.pt", random_bytes(4096, 3))),
             # Random bytes read as a pickle stream: refused at the first opcode, never executed.
             ("noise.pt: refused by torch.load(weights_only=True)",),
         ),
@@ -543,7 +449,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     (
         "model/pt2-random-bytes",
         lambda c: Call(
-            c.run("--model", c.write("noise.pt2", _random_bytes(4096, 4))),
+            c.run("--model", c.write("noise.pt2", random_bytes(4096, 4))),
             ("noise.pt2: not a readable torch.export program",),
             process=True,
         ),
@@ -627,7 +533,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
                 "--model",
                 "seed-cnn",
                 "--data",
-                f"npz:{_npz(c, 'empty.npz', np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0))}",
+                f"npz:{npz(c, 'empty.npz', np.zeros((0, 8, 8, 1), np.uint8), np.zeros(0))}",
             ),
             ("empty.npz: the data set is empty",),
         ),
@@ -635,21 +541,21 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     (
         "data/wrong-image-size",
         lambda c: Call(
-            c.seeded("--eval-data", f"npz:{_npz(c, 'big.npz', *_digits_like(20, 16, 16))}"),
+            c.seeded("--eval-data", f"npz:{npz(c, 'big.npz', *digits_like(20, 16, 16))}"),
             ("the model does not accept 1x16x16 images", "big.npz"),
         ),
     ),
     (
         "data/wrong-channel-count",
         lambda c: Call(
-            c.seeded("--eval-data", f"npz:{_npz(c, 'rgb.npz', *_digits_like(20, c=3))}"),
+            c.seeded("--eval-data", f"npz:{npz(c, 'rgb.npz', *digits_like(20, c=3))}"),
             ("rgb.npz", "3x8x8"),
         ),
     ),
     (
         "data/labels-out-of-range",
         lambda c: Call(
-            c.seeded("--eval-data", f"npz:{_npz(c, 'lab.npz', *_digits_like(20, classes=13))}"),
+            c.seeded("--eval-data", f"npz:{npz(c, 'lab.npz', *digits_like(20, classes=13))}"),
             ("lab.npz: label 12 is outside the model's 10 classes",),
         ),
     ),
@@ -657,7 +563,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
         "data/negative-label",
         lambda c: Call(
             c.seeded(
-                "--eval-data", f"npz:{_npz(c, 'neg.npz', _digits_like(20)[0], np.arange(20) - 1)}"
+                "--eval-data", f"npz:{npz(c, 'neg.npz', digits_like(20)[0], np.arange(20) - 1)}"
             ),
             ("neg.npz: negative label -1",),
         ),
@@ -727,66 +633,16 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
 
 @pytest.mark.parametrize("builder", [b for _, b in CASES], ids=[i for i, _ in CASES])
 def test_bad_input(builder, tmp_path, request, monkeypatch):
-    case_dir = tmp_path / "case"
-    case_dir.mkdir()
-    ctx = Ctx(case_dir, request)
-    call = builder(ctx)
-    if call.skip:
-        pytest.skip(call.skip)
-    # edgepack's scratch directories (tempfile's, in-process and in child processes) go to a
-    # private, empty directory, so a leftover is seen whatever else uses /tmp meanwhile.
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    env = {"TMPDIR": str(scratch), **(call.env or {})}
-    before, device_before = _snapshot(case_dir), _device_leftovers()
-    res = run_process(call.args, env) if call.process else invoke(*call.args, env=env)
-    if call.ok:
-        assert res.exit_code in (0, 1), res.output
-        assert (ctx.out / "report.json").is_file() and not (ctx.out / "keep.txt").exists()
-    else:
-        assert_one_line_error(res, *call.fragments)
-        assert _snapshot(case_dir) == before, "a file was written, changed or left behind"
-    assert not [p for p in ctx.out.parent.iterdir() if p.name.startswith(".out.")], (
-        "a temp sibling of --out was left behind"
-    )
-    # Caches other libraries keep in $TMPDIR by design, not edgepack temp files: LiteRT's
-    # session-id file .ses and torch's compile cache torchinductor_<user>.
-    left = [
-        p.name
-        for p in scratch.iterdir()
-        if p.name != ".ses" and not p.name.startswith("torchinductor_")
-    ]
-    assert left == [], f"a temp file or directory was left behind: {left}"
-    assert not _new_device_leftovers(device_before), "an edgepack-rc.* dir was left on the device"
-    if call.after:
-        call.after(res)
-
-
-@dataclass
-class _ProcessResult:
-    """What assert_one_line_error reads, from a real process (stdout + stderr)."""
-
-    exit_code: int
-    output: str
-
-
-def run_process(args, env) -> _ProcessResult:
-    proc = subprocess.run(
-        [str(EDGEPACK), *(str(a) for a in args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-        check=False,
-    )
-    return _ProcessResult(proc.returncode, proc.stdout + proc.stderr)
+    check_case(builder, tmp_path, request, monkeypatch)
 
 
 def test_catalogue_matches_its_documentation():
     """Each case is listed once, and docs/robustness.md counts the cases of each side (and in
     all) as the suite runs them: the table rows plus the target tests of their own below."""
-    ids = [i for i, _ in CASES]
+    ids = []
+    for path in sorted(Path(__file__).parent.glob("test_*.py")):
+        module = importlib.import_module(f"tests.robustness.{path.stem}")
+        ids += [i for i, _ in getattr(module, "CASES", [])]
     assert len(ids) == len(set(ids))
     per_side = Counter(i.split("/", 1)[0] for i in ids)
     # disk full under run and under train, Ctrl-C: target cases that need a test of their own
