@@ -141,6 +141,38 @@ def _latency(
     return {k: (float(np.percentile(v, 50)), float(np.percentile(v, 90))) for k, v in times.items()}
 
 
+def _measure(rows, paths, sessions_src, x, y, ref_acc: float, runs: int) -> None:
+    """Bytes, accuracy (1 thread) and latency at 1 and 2 threads of every candidate, in place."""
+    c = x.shape[1]
+    for label, path in paths.items():
+        rows[label]["bytes"] = path.stat().st_size
+        rows[label]["gzip_bytes"] = _gzip(path)
+    for threads in (1, 2):
+        sessions, layouts = {}, {}
+        for label in rows:
+            if label in sessions_src:
+                sessions[label] = _TorchSession(sessions_src[label], threads)
+                layouts[label] = "nchw"
+            else:
+                sess = open_session(paths[label], threads, "xnnpack")
+                sessions[label] = sess
+                shape = sess.input.shape
+                layouts[label] = "nhwc" if shape[-1] == c and shape[1] != c else "nchw"
+        if threads == 1:
+            for label, sess in sessions.items():
+                xx = x.transpose(0, 2, 3, 1).copy() if layouts[label] == "nhwc" else x
+                # Accuracy does not depend on the batch size: batch where the model allows.
+                step = 256 if getattr(sess, "batchable", False) else 1
+                logits = np.concatenate(
+                    [sess.run(xx[i : i + step]) for i in range(0, len(xx), step)]
+                )
+                rows[label]["accuracy"] = accuracy(logits.reshape(len(xx), -1), y)
+                rows[label]["drop"] = ref_acc - rows[label]["accuracy"]
+        block = 1 if threads == 1 else 25
+        for label, (p50, p90) in _latency(sessions, x, layouts, runs, block).items():
+            rows[label][f"p50_{threads}t"], rows[label][f"p90_{threads}t"] = p50, p90
+
+
 def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> list[dict]:
     full = load_data(data)
     train_ds, hold = stratified_split(full, 0.2, 0)
@@ -233,33 +265,7 @@ def bench_model(name: str, data: str, work: Path, runs: int, eval_n: int) -> lis
                 "macs_before": ref.get("macs"),
             }
 
-    for label, path in paths.items():
-        rows[label]["bytes"] = path.stat().st_size
-        rows[label]["gzip_bytes"] = _gzip(path)
-    for threads in (1, 2):
-        sessions, layouts = {}, {}
-        for label in rows:
-            if label in sessions_src:
-                sessions[label] = _TorchSession(sessions_src[label], threads)
-                layouts[label] = "nchw"
-            else:
-                sess = open_session(paths[label], threads, "xnnpack")
-                sessions[label] = sess
-                shape = sess.input.shape
-                layouts[label] = "nhwc" if shape[-1] == c and shape[1] != c else "nchw"
-        if threads == 1:
-            for label, sess in sessions.items():
-                xx = x.transpose(0, 2, 3, 1).copy() if layouts[label] == "nhwc" else x
-                # Accuracy does not depend on the batch size: batch where the model allows.
-                step = 256 if getattr(sess, "batchable", False) else 1
-                logits = np.concatenate(
-                    [sess.run(xx[i : i + step]) for i in range(0, len(xx), step)]
-                )
-                rows[label]["accuracy"] = accuracy(logits.reshape(len(xx), -1), y)
-                rows[label]["drop"] = ref_acc - rows[label]["accuracy"]
-        block = 1 if threads == 1 else 25
-        for label, (p50, p90) in _latency(sessions, x, layouts, runs, block).items():
-            rows[label][f"p50_{threads}t"], rows[label][f"p90_{threads}t"] = p50, p90
+    _measure(rows, paths, sessions_src, x, y, ref_acc, runs)
     return [{"model": name, "candidate": k, **v} for k, v in rows.items()]
 
 

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "tflite": BASE,
     "report": BASE | {"artifacts", "outdir"},
     "targets": BASE | {"artifacts", "outdir", "report"},
-    "package": BASE | {"outdir", "tflite", "report"},
+    "package": BASE | {"artifacts", "outdir", "tflite", "report"},
     "docs": BASE | {"tflite", "report"},
     "pipeline": BASE
     | {

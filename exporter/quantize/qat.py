@@ -142,24 +142,9 @@ def _activation_points(model: nn.Module) -> list[nn.Module]:
     return points
 
 
-def qat_finetune(
-    model: nn.Module,
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    cfg: TrainConfig,
-    calib_x: np.ndarray,
-    *,
-    progress: Progress | None = None,
-) -> QatResult:
-    """Fine-tune ``model`` in place with int8 simulated; leaves its weights on the int8 grid."""
-    folded = fold_batchnorms(model, torch.from_numpy(calib_x[:32]))
-    weighted = [m for _, m in _leaves(model) if isinstance(m, _WEIGHTED)]
-    masks = {m: (m.weight.detach() != 0) for m in weighted if bool((m.weight == 0).any())}
-    for m in weighted:
-        parametrize.register_parametrization(m, "weight", _WeightFakeQuant())
-
-    hooks = []
-    quantizers = []
+def _attach_fake_quant(model: nn.Module) -> tuple[list, list[_ActivationFakeQuant]]:
+    """Fake-quantize the model's input and every activation point; returns (hooks, quantizers)."""
+    hooks, quantizers = [], []
 
     def attach(module: nn.Module, fq: _ActivationFakeQuant, *, on_input: bool) -> None:
         if on_input:
@@ -175,25 +160,47 @@ def qat_finetune(
     attach(model, _ActivationFakeQuant(), on_input=True)
     for m in _activation_points(model):
         attach(m, _ActivationFakeQuant(), on_input=False)
+    return hooks, quantizers
+
+
+def _calibrate(model: nn.Module, quantizers: list[_ActivationFakeQuant], calib_x: np.ndarray):
+    """Activation ranges from the calibration images, before any weight moves."""
+    for fq in quantizers:
+        fq.calibrating = True
+    set_mode(model, training=False)
+    with torch.no_grad():
+        for i in range(0, len(calib_x), 256):
+            model(torch.from_numpy(calib_x[i : i + 256]))
+    for fq in quantizers:
+        fq.calibrating = False
+
+
+def qat_finetune(
+    model: nn.Module,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    cfg: TrainConfig,
+    calib_x: np.ndarray,
+    *,
+    progress: Progress | None = None,
+) -> QatResult:
+    """Fine-tune ``model`` in place with int8 simulated; leaves its weights on the int8 grid."""
+    folded = fold_batchnorms(model, torch.from_numpy(calib_x[:32]))
+    weighted = [m for _, m in _leaves(model) if isinstance(m, _WEIGHTED)]
+    masks = {m: (m.weight.detach() != 0) for m in weighted if bool((m.weight == 0).any())}
+    for m in weighted:
+        parametrize.register_parametrization(m, "weight", _WeightFakeQuant())
+    hooks, quantizers = _attach_fake_quant(model)
+
+    def keep_zeros() -> None:
+        with torch.no_grad():
+            for m, mask in masks.items():
+                m.parametrizations.weight.original.mul_(mask)
 
     try:
-        for fq in quantizers:
-            fq.calibrating = True
-        set_mode(model, training=False)
-        with torch.no_grad():
-            for i in range(0, len(calib_x), 256):
-                model(torch.from_numpy(calib_x[i : i + 256]))
-        for fq in quantizers:
-            fq.calibrating = False
-
-        def keep_zeros() -> None:
-            with torch.no_grad():
-                for m, mask in masks.items():
-                    m.parametrizations.weight.original.mul_(mask)
-
+        _calibrate(model, quantizers, calib_x)
         # BatchNorms that could not be folded keep their statistics: only weights learn.
-        frozen = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for bn in frozen:
+        for bn in [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]:
             bn.momentum = 0.0
         loss = train(
             model, train_x, train_y, cfg, after_step=keep_zeros, progress=progress, label="QAT"

@@ -213,38 +213,48 @@ def require(arch: str = "arm64") -> Sysroot:
 
 def _apt_sources() -> list[tuple[str, str, str | None]]:
     """(uri, suite, signed_by) of the host's enabled `deb` sources, one-line and deb822 alike."""
-    entries: list[tuple[str, str, str | None]] = []
     etc = Path("/etc/apt")
     files = [etc / "sources.list"] if (etc / "sources.list").is_file() else []
     parts = etc / "sources.list.d"
     if parts.is_dir():
         files += sorted(p for p in parts.iterdir() if p.suffix in (".list", ".sources"))
+    entries: list[tuple[str, str, str | None]] = []
     for path in files:
         try:
             text = path.read_text(errors="replace")
         except OSError:
             continue
-        if path.suffix == ".sources":
-            for stanza in re.split(r"\n\s*\n", text):
-                fields: dict[str, str] = {}
-                for line in stanza.splitlines():
-                    if line.startswith("#") or ":" not in line or line[:1].isspace():
-                        continue
-                    key, _, value = line.partition(":")
-                    fields[key.strip().lower()] = value.strip()
-                if "deb" not in fields.get("types", "").split():
-                    continue
-                if fields.get("enabled", "yes").lower() == "no":
-                    continue
-                for uri in fields.get("uris", "").split():
-                    for suite in fields.get("suites", "").split():
-                        entries.append((uri, suite, fields.get("signed-by")))
-        else:
-            for line in text.splitlines():
-                m = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
-                if m:
-                    signed = re.search(r"signed-by=(\S+)", m.group(1) or "")
-                    entries.append((m.group(2), m.group(3), signed.group(1) if signed else None))
+        entries += _deb822_sources(text) if path.suffix == ".sources" else _one_line_sources(text)
+    return entries
+
+
+def _deb822_sources(text: str) -> list[tuple[str, str, str | None]]:
+    entries = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line.startswith("#") or ":" not in line or line[:1].isspace():
+                continue
+            key, _, value = line.partition(":")
+            fields[key.strip().lower()] = value.strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        for uri in fields.get("uris", "").split():
+            entries += [
+                (uri, suite, fields.get("signed-by")) for suite in fields.get("suites", "").split()
+            ]
+    return entries
+
+
+def _one_line_sources(text: str) -> list[tuple[str, str, str | None]]:
+    entries = []
+    for line in text.splitlines():
+        m = re.match(r"\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
+        if m:
+            signed = re.search(r"signed-by=(\S+)", m.group(1) or "")
+            entries.append((m.group(2), m.group(3), signed.group(1) if signed else None))
     return entries
 
 
