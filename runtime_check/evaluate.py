@@ -147,6 +147,80 @@ def logits_for(
     return _run_all(sess, _prepare(inputs, lay, sess.input))
 
 
+def _measure(
+    sess, batch: dict[str, np.ndarray], fmt: str, layout: str | None, before: float | None
+) -> tuple[dict, np.ndarray]:
+    """Input description, memory, accuracy and agreement of an opened artifact on the batch,
+    and the prepared inputs the timing runs on."""
+    inputs, labels, ref = batch["inputs"], batch["labels"], batch["reference_logits"]
+    lay = _layout(sess.input.shape, tuple(inputs.shape[1:]), layout, fmt)
+    raw = wants_raw_pixels(sess.input, batch)
+    if raw and lay != "nhwc":
+        raise ArtifactError("a raw-pixel uint8 input must be NHWC")
+
+    def prepared(n: int | None) -> np.ndarray:
+        if raw:
+            return np.ascontiguousarray(batch["images"][:n])
+        return _prepare(inputs[:n], lay, sess.input)
+
+    out: dict = {
+        "input": {
+            "layout": lay,
+            "dtype": sess.input.dtype,
+            "shape": sess.input.shape,
+            "scale": sess.input.scale,
+            "zero_point": sess.input.zero_point,
+            "raw_pixels": raw,
+        }
+    }
+    sess.run(prepared(1))
+    after = _resident_mb()
+    if before is not None and after is not None:
+        # What the runtime, the model and one inference's buffers add, measured before the
+        # eval batch is prepared (peak_rss_mb includes it): what a device budget is about.
+        out["model_rss_mb"] = round(max(after - before, 0.0), 2)
+    x = prepared(None)
+    logits = _run_all(sess, x)
+    if logits.shape != ref.shape:
+        raise ArtifactError(
+            f"output shape {list(logits.shape)} differs from the reference {list(ref.shape)}"
+        )
+    pred = logits.argmax(1)
+    out["samples"] = len(x)
+    out["accuracy"] = float((pred == labels).mean() * 100.0)
+    out["agreement"] = float((pred == ref.argmax(1)).mean())
+    out["max_abs_diff"] = float(np.abs(logits - ref).max())
+    # Top-1 per image, so artifacts can be compared with each other (parity), not only
+    # with the reference.
+    out["predictions"] = pred.astype(int).tolist()
+    return out, x
+
+
+def _timed(sess, x: np.ndarray, warmup: int, runs: int) -> dict:
+    """Batch-1 latency percentiles and, under the QEMU plugin, instructions per inference."""
+    for _ in range(warmup):
+        sess.run(x[:1])
+    times = []
+    for i in range(runs):
+        one = x[i % len(x) : i % len(x) + 1]
+        t0 = time.perf_counter_ns()
+        sess.run(one)
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    out: dict = {"latency_ms": _percentiles(times)}
+    if os.environ.get(INSN_FILE_ENV):
+        # A window of its own for the instruction counter, with nothing but the inferences
+        # in it: the timing calls above would add instructions of their own.
+        slices = [x[i % len(x) : i % len(x) + 1] for i in range(runs)]
+        _marker(MARK_START)
+        for one in slices:
+            sess.run(one)
+        _marker(MARK_STOP)
+        counted = _instructions_counted()
+        if counted is not None:
+            out["instructions_per_inference"] = counted / runs
+    return out
+
+
 def evaluate_artifact(
     path: str | Path,
     batch: dict[str, np.ndarray],
@@ -173,66 +247,10 @@ def evaluate_artifact(
     except ArtifactError as exc:
         return {**result, "status": "error", "reason": str(exc)}
     result.update(runtime=sess.runtime, runtime_version=sess.version, delegate=sess.delegate)
-    inputs, labels, ref = batch["inputs"], batch["labels"], batch["reference_logits"]
     try:
-        lay = _layout(sess.input.shape, tuple(inputs.shape[1:]), layout, fmt)
-        raw = wants_raw_pixels(sess.input, batch)
-        if raw and lay != "nhwc":
-            raise ArtifactError("a raw-pixel uint8 input must be NHWC")
-
-        def prepared(n: int | None) -> np.ndarray:
-            if raw:
-                return np.ascontiguousarray(batch["images"][:n])
-            return _prepare(inputs[:n], lay, sess.input)
-
-        result["input"] = {
-            "layout": lay,
-            "dtype": sess.input.dtype,
-            "shape": sess.input.shape,
-            "scale": sess.input.scale,
-            "zero_point": sess.input.zero_point,
-            "raw_pixels": raw,
-        }
-        sess.run(prepared(1))
-        after = _resident_mb()
-        if before is not None and after is not None:
-            # What the runtime, the model and one inference's buffers add, measured before the
-            # eval batch is prepared (peak_rss_mb includes it): what a device budget is about.
-            result["model_rss_mb"] = round(max(after - before, 0.0), 2)
-        x = prepared(None)
-        logits = _run_all(sess, x)
-        if logits.shape != ref.shape:
-            raise ArtifactError(
-                f"output shape {list(logits.shape)} differs from the reference {list(ref.shape)}"
-            )
-        pred = logits.argmax(1)
-        result["samples"] = len(x)
-        result["accuracy"] = float((pred == labels).mean() * 100.0)
-        result["agreement"] = float((pred == ref.argmax(1)).mean())
-        result["max_abs_diff"] = float(np.abs(logits - ref).max())
-        # Top-1 per image, so artifacts can be compared with each other (parity), not only
-        # with the reference.
-        result["predictions"] = pred.astype(int).tolist()
-        for _ in range(warmup):
-            sess.run(x[:1])
-        times = []
-        for i in range(runs):
-            one = x[i % len(x) : i % len(x) + 1]
-            t0 = time.perf_counter_ns()
-            sess.run(one)
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        result["latency_ms"] = _percentiles(times)
-        if os.environ.get(INSN_FILE_ENV):
-            # A window of its own for the instruction counter, with nothing but the inferences
-            # in it: the timing calls above would add instructions of their own.
-            slices = [x[i % len(x) : i % len(x) + 1] for i in range(runs)]
-            _marker(MARK_START)
-            for one in slices:
-                sess.run(one)
-            _marker(MARK_STOP)
-            counted = _instructions_counted()
-            if counted is not None:
-                result["instructions_per_inference"] = counted / runs
+        figures, x = _measure(sess, batch, fmt, layout, before)
+        result.update(figures)
+        result.update(_timed(sess, x, warmup, runs))
     except ArtifactError as exc:
         return {**result, "status": "error", "reason": str(exc)}
     return result
