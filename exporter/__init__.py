@@ -12,6 +12,7 @@ The Python API mirrors the CLI::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,10 +32,17 @@ def run(
     eval_data: str | None = None,
     target: str = "x86_64",
     overrides: tuple[str, ...] = (),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     force: bool = False,
     quiet: bool = True,
 ) -> RunResult:
-    """``edgepack run`` as a function: returns the same report the CLI writes."""
+    """``edgepack run`` as a function: returns the same report the CLI writes.
+
+    ``mean``/``std`` (one value, or one per channel, on pixels scaled to [0, 1]) are the
+    normalization the model was trained with, like ``--mean``/``--std``; without them and without
+    the training record ``<weights>.json`` they are guessed from the statistics of ``data``.
+    """
     from exporter.pipeline import RunOptions
     from exporter.pipeline import run as run_pipeline
 
@@ -47,6 +55,8 @@ def run(
             eval_data=eval_data,
             target=target,
             overrides=tuple(overrides),
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
             force=force,
             quiet=quiet,
         )

@@ -8,6 +8,7 @@ under their own names (``tflite``, ``int8``, ``tensors``), apart from what was m
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,41 @@ class Artifact:
     tensors: list[StoredTensor] | None = doc(
         "sparse storage: one row per weight, how it is stored", default=None
     )
+    sha256: str | None = doc(
+        "SHA-256 of the file as written (hex); every reader of the output directory refuses a "
+        "file that no longer matches. Null only before the index is saved",
+        default=None,
+    )
+    bytes: int | None = doc("file size as written", default=None)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_artifact(out_dir: Path, art: Artifact) -> None:
+    """Refuse (one-line InputFileError naming the file) an artifact of ``out_dir`` that is not
+    the file `edgepack run` wrote and validated: missing, another size or another SHA-256."""
+    if Path(art.path).name != art.path or art.path in ("", ".", ".."):
+        raise InputFileError(f"{out_dir / ARTIFACT_INDEX}: {art.path!r} is not a file name")
+    path = out_dir / art.path
+    if art.sha256 is None or art.bytes is None:
+        raise InputFileError(
+            f"{out_dir / ARTIFACT_INDEX} has no sha256 for {art.path} (written by an older "
+            "edgepack): its files cannot be verified; re-run `edgepack run`"
+        )
+    if not path.is_file():
+        raise InputFileError(f"{path} is missing (listed in {ARTIFACT_INDEX})")
+    size = path.stat().st_size
+    if size != art.bytes or file_sha256(path) != art.sha256:
+        raise InputFileError(
+            f"{path} differs from {ARTIFACT_INDEX} (sha256 or size: {size:,} bytes, "
+            f"{art.bytes:,} recorded): it was changed after `edgepack run`; re-run it"
+        )
 
 
 def _index_row(art: Artifact) -> dict:
@@ -99,11 +135,17 @@ def _index_row(art: Artifact) -> dict:
 
 
 def save_index(artifacts: list[Artifact], out_dir: Path) -> None:
+    """Write artifacts.json, recording (on each Artifact too) every file's size and SHA-256."""
+    for art in artifacts:
+        path = out_dir / art.path
+        art.bytes, art.sha256 = path.stat().st_size, file_sha256(path)
     rows = [_index_row(a) for a in artifacts]
     (out_dir / ARTIFACT_INDEX).write_text(json.dumps(rows, indent=2) + "\n")
 
 
-def load_index(out_dir: Path) -> list[Artifact]:
+def load_index(out_dir: Path, *, verify: bool = True) -> list[Artifact]:
+    """artifacts.json, typed; with ``verify``, every file checked against it
+    (:func:`verify_artifact`), so what is read is what was validated."""
     path = out_dir / ARTIFACT_INDEX
     if not path.is_file():
         raise InputFileError(f"{out_dir} is not an edgepack output directory (no {ARTIFACT_INDEX})")
@@ -111,6 +153,10 @@ def load_index(out_dir: Path) -> list[Artifact]:
         rows = json.loads(path.read_text())
         if not isinstance(rows, list):
             raise TypedJsonError("not a list")
-        return [from_json(Artifact, row, f"{ARTIFACT_INDEX}[{i}]") for i, row in enumerate(rows)]
+        arts = [from_json(Artifact, row, f"{ARTIFACT_INDEX}[{i}]") for i, row in enumerate(rows)]
     except (ValueError, TypeError) as exc:
         raise InputFileError(f"{path}: unreadable ({exc})") from None
+    if verify:
+        for art in arts:
+            verify_artifact(out_dir, art)
+    return arts

@@ -64,7 +64,12 @@ class UnsupportedOpsError(ConversionError):
 
 
 class OutputWriteError(EdgepackError):
-    """An output could not be written (the disk or quota is full); nothing was left behind."""
+    """An output could not be written (disk or quota full, read-only); nothing was left behind."""
+
+
+class OutputPathError(EdgepackError):
+    """--out overlaps an input or the working directory, is not edgepack's to replace, or is
+    being written by another edgepack process."""
 
 
 class RuntimeCheckError(EdgepackError):

@@ -9,6 +9,7 @@ may not import the exporter.
     model.int8.portable.onnx             full 8-bit QDQ twin of a 7-bit (reduce_range) int8 ONNX
     calibration.<method>.json            activation ranges shared by every int8 variant
     eval_batch.npz, artifacts.json, report.json, report.html
+    .edgepack-output                     marks the directory as edgepack's (--force checks it)
     checks/<target>.json, checks/<target>.html
     qat/                                 the QAT model's fp32 ONNX and its calibration
     package/<platform>/, <dirname>-<platform>.zip
@@ -18,6 +19,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# In every `edgepack run` output directory (a small JSON: edgepack version, command), so that
+# --force replaces only directories edgepack wrote, never one of the user's.
+OUTPUT_MARKER = ".edgepack-output"
 REPORT = "report.json"
 REPORT_HTML = "report.html"
 EVAL_BATCH = "eval_batch.npz"

@@ -16,16 +16,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from rich.markup import escape
 from torch import nn
 
 from exporter import __version__
 from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts, save_index
-from exporter.common.atomic import atomic_dir
+from exporter.common.atomic import (
+    Marker,
+    atomic_dir,
+    check_out_path,
+    check_replaceable,
+    output_lock,
+)
 from exporter.common.progress import Progress, make_progress, stderr_console
 from exporter.common.typed_json import from_json, to_json
 from exporter.compress import compress
 from exporter.errors import DataError
 from exporter.inputs.data import check_fits
+from exporter.inputs.paths import input_paths
 from exporter.inputs.prepare import (
     build_torch_model,
     check_model_output,
@@ -35,12 +43,19 @@ from exporter.inputs.prepare import (
 from exporter.models.complexity import count_params_macs
 from exporter.models.loading import copy_model
 from exporter.models.zoo import BUILTIN
-from exporter.onnx.export import export_onnx, load_onnx, onnx_input_shape, onnx_logits
+from exporter.onnx.export import (
+    copy_onnx,
+    export_onnx,
+    load_onnx,
+    onnx_input_shape,
+    onnx_logits,
+)
 from exporter.onnx.sparse import sparsify_onnx
 from exporter.outdir import (
     EVAL_BATCH,
     ONNX_FP32,
     ONNX_INT8,
+    OUTPUT_MARKER,
     QAT_DIR,
     REPORT,
     REPORT_HTML,
@@ -51,7 +66,7 @@ from exporter.outdir import (
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.quantize.qat import qat_finetune
 from exporter.recipe import Recipe, load_recipe
-from exporter.report.build import build_report, print_table
+from exporter.report.build import build_report, print_table, reference_for
 from exporter.report.html import write_html
 from exporter.report.schema import (
     Compression,
@@ -61,7 +76,6 @@ from exporter.report.schema import (
     Normalization,
     Qat,
     Quantization,
-    Reference,
     Report,
     Target,
     read_report,
@@ -346,14 +360,54 @@ def _int8_job(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) -> _Tflite
 def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
     """Run every stage and return the report; raises EdgepackError on bad input."""
     recipe = load_recipe(opts.target, opts.overrides)
+    # The output is checked before any work: it must not overlap an input, and it is ours (no
+    # other edgepack process writes it) until the run ends.
+    inputs = input_paths(opts.model, opts.data, opts.eval_data, opts.weights)
+    check_out_path(opts.out, [*inputs, ("--target", Path(recipe.source))])
     console = stderr_console(opts.quiet)
     own_progress = progress is None
     progress = progress or make_progress(opts.quiet)
-    with progress:
+    with output_lock(opts.out), progress:
+        check_replaceable(Path(opts.out), opts.force, OUTPUT_MARKER)
         result = _run(opts, recipe, progress, console)
     if own_progress and not opts.quiet:
         print_table(result.report, console)
     return result
+
+
+def _check_model_fits(
+    loaded, splits, norm, chw: tuple[int, int, int], eval_x: np.ndarray
+) -> np.ndarray | None:
+    """Refuse a model that does not take the ``chw`` images of ``--data`` or whose outputs do
+    not fit the labels of both splits; returns the reference logits when computing them was
+    part of the check (ONNX)."""
+    ref_logits = None
+    if loaded.is_onnx:
+        _check_onnx_fits(loaded.onnx_path, chw)
+        ref_logits = onnx_logits(loaded.onnx_path, eval_x)
+        num_classes = ref_logits.shape[1]
+    else:
+        num_classes = check_model_output(loaded.module, splits.eval, norm)
+    _check_labels(splits, chw, num_classes)
+    return ref_logits
+
+
+def _warn_about_inputs(opts: RunOptions, loaded, norm, console) -> bool:
+    """Warnings on inputs that run but may not mean what the user thinks; returns whether the
+    model has random weights (the verdict then says it is not meaningful)."""
+    random_weights = loaded.module is not None and not opts.weights and loaded.spec in BUILTIN
+    if random_weights:
+        console.print(
+            f"[yellow]warning[/]: {loaded.spec} has no --weights: validating its "
+            "random initial weights (train it first with `edgepack train`)"
+        )
+    elif norm.source.startswith("statistics of "):
+        console.print(
+            f"[yellow]warning[/]: the input normalization is guessed from the "
+            f"{escape(norm.source)}; pass the model's own --mean/--std, or every figure and "
+            "the package are computed on wrongly scaled inputs"
+        )
+    return random_weights
 
 
 def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunResult:
@@ -364,32 +418,26 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
     norm = resolve_normalization(full, opts.mean, opts.std, opts.weights)
     chw = full.image_shape
     loaded = build_torch_model(opts.model, opts.weights, full)
-    if loaded.module is not None and not opts.weights and loaded.spec in BUILTIN:
-        console.print(
-            f"[yellow]warning[/]: {loaded.spec} has no --weights: validating its "
-            "random initial weights (train it first with `edgepack train`)"
-        )
     eval_x = norm.apply(splits.eval.images)
     eval_y = splits.eval.labels
     formats = recipe.export.formats
+    # The model must fit the data before anything is written or warned about: a bad input is
+    # one line, not a warning followed by an error.
+    ref_logits = _check_model_fits(loaded, splits, norm, chw, eval_x)
+    random_weights = _warn_about_inputs(opts, loaded, norm, console)
 
-    with atomic_dir(opts.out, force=opts.force) as tmp:
+    marker = Marker(OUTPUT_MARKER, {"edgepack": __version__, "command": "run"})
+    with atomic_dir(opts.out, force=opts.force, marker=marker) as tmp:
         artifacts: list[Artifact] = []
         sparse_tflite: list[Artifact] = []  # listed after the dense artifacts, as before
         compressed = None
         export = quantization = None
         if loaded.is_onnx:
-            _check_onnx_fits(loaded.onnx_path, chw)
-            ref_logits = onnx_logits(loaded.onnx_path, eval_x)
-            num_classes = ref_logits.shape[1]
-            _check_labels(splits, chw, num_classes)
-            (tmp / ONNX_FP32).write_bytes(loaded.onnx_path.read_bytes())
+            copy_onnx(loaded.onnx_path, tmp / ONNX_FP32)
             params = macs = None
             compression = Compression(method="skipped: the model entered as ONNX")
         else:
             module = loaded.module
-            num_classes = check_model_output(module, splits.eval, norm)
-            _check_labels(splits, chw, num_classes)
             params, macs = count_params_macs(module, chw)
             ref_logits = predict(module, eval_x)
             compression, export, compressed = _compress_and_export(
@@ -455,6 +503,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 weights=opts.weights,
                 input_shape=list(chw),
                 classes=list(full.classes),
+                random_weights=random_weights,
             ),
             data=DataInfo(
                 train=splits.train.source,
@@ -465,12 +514,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 normalization=Normalization(list(norm.mean), list(norm.std), norm.source),
             ),
             recipe=recipe.to_dict(),
-            reference=Reference(
-                accuracy=accuracy(ref_logits, eval_y),
-                params=params,
-                macs=macs,
-                samples=int(len(eval_y)),
-            ),
+            reference=reference_for(accuracy(ref_logits, eval_y), eval_y, params=params, macs=macs),
             artifacts=artifacts,
             check=check,
             edgepack_version=__version__,

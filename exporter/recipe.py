@@ -8,9 +8,12 @@ an error that names the file, the key and what is allowed. Documented in docs/re
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import sys
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +329,9 @@ def _check_scalar(value: Any, tp: Any, where: str, meta: dict) -> Any:
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        # TOML has nan and inf; every comparison with NaN is false, so no range would catch it.
+        if ok and not math.isfinite(value):
+            raise RecipeError(f"{where}: {value!r} is not a finite number")
     elif tp is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a declaration bug, not user input
@@ -345,21 +351,30 @@ def _check_scalar(value: Any, tp: Any, where: str, meta: dict) -> Any:
     return value
 
 
-def _build(cls: type, data: dict, where: str) -> Any:
+# Where a key's value came from: a recipe file, or the command line's --set.
+SET = "--set"
+
+
+def _at(where: str, key: str) -> str:
+    """``file:section.key`` for a recipe file, ``--set section.key`` for an override."""
+    return f"{SET} {key}" if where == SET else f"{where}:{key}"
+
+
+def _build(cls: type, data: dict, where: str, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     allowed = [n for n in fields if n not in _INTERNAL]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        path = _at(where, prefix + key)
         if key not in fields or key in _INTERNAL:
-            raise RecipeError(f"{where}: unknown key '{key}' (allowed: {', '.join(allowed)})")
-        path = f"{where}.{key}" if where.count(":") else f"{where}:{key}"
+            raise RecipeError(f"{path}: unknown key '{key}' (allowed: {', '.join(allowed)})")
         tp, _optional = _unwrap_optional(hints[key])
         meta = fields[key].metadata
         if dataclasses.is_dataclass(tp):
             if not isinstance(value, dict):
                 raise RecipeError(f"{path}: expected a [section], got {value!r}")
-            kwargs[key] = _build(tp, value, path)
+            kwargs[key] = _build(tp, value, where, f"{prefix}{key}.")
         elif typing.get_origin(tp) is list:
             (item_tp,) = typing.get_args(tp)
             if not isinstance(value, list):
@@ -380,17 +395,28 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def is_recipe_path(text: str) -> bool:
+    """A recipe given by path ends in ``.toml`` or holds a path separator; a bare word is a
+    built-in target name, whatever the working directory holds (a folder ``./x86_64`` too)."""
+    separators = {"/", os.sep, os.altsep} - {None}
+    return text.endswith(".toml") or any(sep in text for sep in separators)
+
+
 def resolve_target(name_or_path: str) -> Path:
-    """A built-in target name (``x86_64``) or a path to a TOML file."""
-    candidate = Path(name_or_path)
-    if candidate.suffix == ".toml" or candidate.exists():
+    """A built-in target name (``x86_64``) or a path to a TOML file (see :func:`is_recipe_path`)."""
+    if is_recipe_path(name_or_path):
+        candidate = Path(name_or_path)
         if not candidate.is_file():
-            raise RecipeError(f"recipe file {candidate} not found")
+            state = "is not a file" if candidate.exists() else "not found"
+            raise RecipeError(f"recipe file {candidate} {state}")
         return candidate
     builtin = TARGETS_DIR / f"{name_or_path}.toml"
     if not builtin.is_file():
         known = ", ".join(available_targets()) or "none"
-        raise RecipeError(f"unknown target '{name_or_path}' (known: {known})")
+        raise RecipeError(
+            f"unknown target '{name_or_path}' (known: {known}; a recipe file is given by a "
+            "path ending in .toml or containing '/')"
+        )
     return builtin
 
 
@@ -419,12 +445,9 @@ def _load_raw(path: Path, seen: tuple[Path, ...]) -> dict:
         return data
     if not isinstance(parent, str):
         raise RecipeError(f"{path}:extends: expected a target name or path, got {parent!r}")
-    parent_path = Path(parent)
-    if not parent_path.is_absolute() and parent.endswith(".toml"):
-        parent_path = path.parent / parent
-    base = _load_raw(
-        resolve_target(str(parent_path) if parent.endswith(".toml") else parent), (*seen, path)
-    )
+    if is_recipe_path(parent):  # a path is relative to the file that extends it
+        parent = str(path.parent / parent)
+    base = _load_raw(resolve_target(parent), (*seen, path))
     return _deep_merge(base, data)
 
 
@@ -447,26 +470,37 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     """Load, merge ``extends`` chains and ``--set`` overrides, and validate."""
     path = resolve_target(name_or_path)
     data = _load_raw(path, ())
+    _build(Recipe, data, str(path))  # the file alone first: its own mistakes name the file
+    set_keys: set[str] = set()
     for text in overrides:
         parts, value = parse_override(text)
         patch: dict = {parts[-1]: value}
         for part in reversed(parts[:-1]):
             patch = {part: patch}
+        _build(Recipe, patch, SET)  # each override alone: a typo names --set, not the file
+        set_keys.update(".".join(parts[: i + 1]) for i in range(len(parts)))
         data = _deep_merge(data, patch)
     recipe = _build(Recipe, data, str(path))
+
+    def blame(key: str) -> str:
+        """Where a rule across keys failed: the --set that wrote the key, else the file."""
+        return _at(SET if key in set_keys else str(path), key)
+
     prune = recipe.compress.prune
     if prune.sparsity is not None and prune.threshold is not None:
-        raise RecipeError(f"{path}:compress.prune: set either sparsity or threshold, not both")
+        raise RecipeError(f"{blame('compress.prune')}: set either sparsity or threshold, not both")
     if len(prune.block) != 2:
-        raise RecipeError(f"{path}:compress.prune.block: expected [rows, cols], got {prune.block}")
+        raise RecipeError(
+            f"{blame('compress.prune.block')}: expected [rows, cols], got {prune.block}"
+        )
     rnd = recipe.compress.round
     if rnd.step is not None and rnd.bits is not None:
-        raise RecipeError(f"{path}:compress.round: set either step or bits, not both")
-    _check_device(recipe, path)
+        raise RecipeError(f"{blame('compress.round')}: set either step or bits, not both")
+    _check_device(recipe, blame)
     return dataclasses.replace(recipe, name=path.stem, source=str(path))
 
 
-def _check_device(recipe: Recipe, path: Path) -> None:
+def _check_device(recipe: Recipe, blame: Callable[[str], str]) -> None:
     """Rules that span keys: a QEMU target needs a CPU model whose results are right."""
     from runtime_check.qemu import CPU_MODELS
 
@@ -474,20 +508,19 @@ def _check_device(recipe: Recipe, path: Path) -> None:
     if dev.kind != "qemu":
         return
     known = ", ".join(CPU_MODELS)
+    cpu = blame("device.cpu")
     if dev.cpu is None:
-        raise RecipeError(f"{path}:device.cpu: a qemu target needs a CPU model ({known})")
+        raise RecipeError(f"{cpu}: a qemu target needs a CPU model ({known})")
     if dev.cpu.split(",")[0] == "max":
         raise RecipeError(
-            f"{path}:device.cpu: 'max' is refused: QEMU's max CPU computes wrong "
+            f"{cpu}: 'max' is refused: QEMU's max CPU computes wrong "
             f"XNNPACK int8 results; name the target's core ({known})"
         )
     if dev.cpu not in CPU_MODELS:
-        raise RecipeError(
-            f"{path}:device.cpu: {dev.cpu!r} is not a supported QEMU CPU model (one of: {known})"
-        )
+        raise RecipeError(f"{cpu}: {dev.cpu!r} is not a supported QEMU CPU model (one of: {known})")
     if recipe.budgets.max_latency_p90_ms is not None:
         raise RecipeError(
-            f"{path}:budgets.max_latency_p90_ms: latency under QEMU is emulated "
+            f"{blame('budgets.max_latency_p90_ms')}: latency under QEMU is emulated "
             "(~200x native, kernels not ranked right) and cannot hold a budget; "
             "leave it unset for qemu targets"
         )

@@ -22,16 +22,22 @@ def check(
     runs: int = 100,
     delegate: str = "xnnpack",
     isolate: bool = True,
-    layouts: dict[str, str] | None = None,
+    layouts: list[str | None] | None = None,
 ) -> dict:
-    """Validate each artifact on the eval batch and return one JSON-ready result."""
+    """Validate each artifact on the eval batch and return one JSON-ready result.
+
+    ``layouts`` is the input layout hint (``nchw`` / ``nhwc`` / None) of each artifact, in
+    order: a field of its own, never read from the path, which may hold any character.
+    """
     from runtime_check.cpu import describe_cpu
     from runtime_check.evaluate import evaluate_artifact, evaluate_isolated, load_batch
     from runtime_check.runtimes import runtime_versions
 
     data = load_batch(batch)
     run_one = evaluate_isolated if isolate else evaluate_artifact
-    layouts = layouts or {}
+    layouts = list(layouts) if layouts is not None else [None] * len(artifacts)
+    if len(layouts) != len(artifacts):
+        raise ValueError(f"{len(layouts)} layouts for {len(artifacts)} artifacts")
     results = [
         run_one(
             a,
@@ -40,9 +46,9 @@ def check(
             warmup=warmup,
             runs=runs,
             delegate=delegate,
-            layout=layouts.get(Path(a).name),
+            layout=layout,
         )
-        for a in artifacts
+        for a, layout in zip(artifacts, layouts)  # noqa: B905 (python 3.8 on devices)
     ]
     return {
         "runtime_check_version": __version__,

@@ -1,4 +1,4 @@
-"""``python -m runtime_check ARTIFACT... --batch eval_batch.npz`` prints one JSON result.
+"""``python -m runtime_check --batch eval_batch.npz [--] ARTIFACT...`` prints one JSON result.
 
 argparse, not click: the device may have nothing but numpy and a runtime.
 """
@@ -15,9 +15,18 @@ from runtime_check.runtimes import ArtifactError
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m runtime_check", description=__doc__)
-    p.add_argument("artifacts", nargs="+", help=".onnx / .tflite files; NAME@nhwc forces a layout")
+    # Paths are taken as they are: a file name may hold any character (`@`, `:`), so nothing
+    # about an artifact is ever encoded in its path. Put `--` before paths that start with `-`.
+    p.add_argument("artifacts", nargs="+", help=".onnx / .tflite files")
     p.add_argument(
         "--batch", required=True, help="eval batch npz (inputs, labels, reference_logits)"
+    )
+    p.add_argument(
+        "--layout",
+        action="append",
+        choices=("nchw", "nhwc"),
+        help="input layout when the model's shape fits both: once for every artifact, or once "
+        "per artifact in their order",
     )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup", type=int, default=10)
@@ -27,22 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
         p.error("--threads and --runs must be >= 1, --warmup >= 0")
-    paths, layouts = [], {}
-    for spec in args.artifacts:
-        path, _, lay = spec.partition("@")
-        paths.append(path)
-        if lay:
-            layouts[path.rsplit("/", 1)[-1]] = lay
+    layouts = args.layout or []
+    if len(layouts) == 1:
+        layouts = layouts * len(args.artifacts)
+    if layouts and len(layouts) != len(args.artifacts):
+        p.error(f"{len(layouts)} --layout for {len(args.artifacts)} artifacts: give 1 or one each")
     try:
         result = check(
-            paths,
+            args.artifacts,
             args.batch,
             threads=args.threads,
             warmup=args.warmup,
             runs=args.runs,
             delegate=args.delegate,
             isolate=not args.no_isolate,
-            layouts=layouts,
+            layouts=layouts or None,
         )
     except (OSError, ValueError, ArtifactError) as exc:
         print(f"runtime_check: error: {exc}", file=sys.stderr)

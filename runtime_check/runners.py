@@ -22,6 +22,8 @@ class CheckOptions:
     runs: int = 100
     delegate: str = "xnnpack"
     timeout_s: float = 1800.0
+    # Input layout hint for every artifact of a call (None: the model's shape decides).
+    layout: str | None = None
 
 
 class Runner:
@@ -34,12 +36,12 @@ class Runner:
 
     @staticmethod
     def command_args(artifacts: list[str], batch: str, options: CheckOptions) -> list[str]:
+        # Options first and the paths after `--`, taken as they are: a path may hold any
+        # character, even start with `-`.
         return [
             "-m",
             "runtime_check",
-            *artifacts,
-            "--batch",
-            batch,
+            f"--batch={batch}",  # one token: a path starting with `-` stays a value
             "--threads",
             str(options.threads),
             "--warmup",
@@ -48,6 +50,9 @@ class Runner:
             str(options.runs),
             "--delegate",
             options.delegate,
+            *(["--layout", options.layout] if options.layout else []),
+            "--",
+            *artifacts,
         ]
 
     @staticmethod

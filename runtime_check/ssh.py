@@ -141,6 +141,9 @@ trap 'exit 129' HUP
 trap 'exit 130' INT
 trap 'exit 143' TERM
 echo "edgepack-tmp: $d" >&2
+pg=$$
+[ -r /proc/$$/stat ] && read -r _ _ _ _ pg _ < /proc/$$/stat
+echo "edgepack-pgid: $pg" >&2
 cd "$d" && tar -xf - || exit {_NO_TAR}
 command -v {py} >/dev/null 2>&1 || exit {_NO_PYTHON}
 {py} -c {shlex.quote(_PROBE)} {" ".join(shlex.quote(n) for n in needs)} || exit $?
@@ -159,7 +162,7 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
             }
         )
         cmd = self.ssh_command(self.script(names, needs, options))
-        remote_dir = None
+        remote_dir = pgid = None
         try:
             try:
                 proc = subprocess.run(
@@ -174,7 +177,7 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
                     f"{self.ssh} not found (apt-get install openssh-client)"
                 ) from None
             except subprocess.TimeoutExpired as exc:
-                remote_dir = _remote_dir((exc.stderr or b"").decode(errors="replace"))
+                remote_dir, pgid = _remote_session((exc.stderr or b"").decode(errors="replace"))
                 raise RunnerError(
                     f"{self.host}: runtime_check timed out after {options.timeout_s:.0f} s"
                 ) from None
@@ -183,7 +186,7 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
             return self._result(proc.returncode, stdout, stderr, options)
         finally:
             if remote_dir:
-                self._cleanup(remote_dir)
+                self._cleanup(remote_dir, pgid)
 
     def _result(self, rc: int, stdout: str, stderr: str, options: CheckOptions) -> dict:
         py = self.python
@@ -267,13 +270,23 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
     def _ssh_hint(self) -> str:
         return f"-p {self.port} {self.dest}" if self.port else self.dest
 
-    def _cleanup(self, remote_dir: str) -> None:
-        """Best effort after a local timeout: the remote trap may not have run."""
+    def _cleanup(self, remote_dir: str, pgid: int | None) -> None:
+        """Best effort after a local timeout: closing ssh does not stop what the check started
+        there (no terminal, no SIGHUP), and the remote trap may not have run. The check's
+        process group is stopped (TERM, then KILL) while its temp directory still exists, which
+        means the check has not ended by itself; then the directory is removed."""
         if not re.fullmatch(rf"/[\w./-]*/{re.escape(TMP_PREFIX)}\w+", remote_dir):
             return
+        d = shlex.quote(remote_dir)
+        stop = ""
+        if pgid is not None and pgid > 1:  # never `kill -TERM -1`: every process of the user
+            stop = (
+                f"if [ -d {d} ]; then kill -TERM -{pgid} 2>/dev/null; sleep 1; "
+                f"kill -KILL -{pgid} 2>/dev/null; fi; "
+            )
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(
-                self.ssh_command(f"rm -rf {shlex.quote(remote_dir)}"),
+                self.ssh_command(f"{stop}rm -rf {d}"),
                 capture_output=True,
                 timeout=self.connect_timeout_s + 20,
                 check=False,
@@ -281,10 +294,14 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
             )
 
 
-def _remote_dir(stderr: str) -> str | None:
-    m = re.search(r"^edgepack-tmp: (\S+)$", stderr, re.M)
-    return m.group(1) if m else None
+def _remote_session(stderr: str) -> tuple[str | None, int | None]:
+    """The remote temp directory and process group the script announced on stderr."""
+    d = re.search(r"^edgepack-tmp: (\S+)$", stderr, re.M)
+    pg = re.search(r"^edgepack-pgid: (\d+)$", stderr, re.M)
+    return (d.group(1) if d else None), (int(pg.group(1)) if pg else None)
 
 
 def _without_markers(stderr: str) -> str:
-    return "\n".join(ln for ln in stderr.splitlines() if not ln.startswith("edgepack-tmp: "))
+    return "\n".join(
+        ln for ln in stderr.splitlines() if not ln.startswith(("edgepack-tmp: ", "edgepack-pgid: "))
+    )

@@ -21,16 +21,31 @@ def drop_within(drop: float, limit: float, samples: int | None) -> bool:
     return drop <= limit + _EPS
 
 
-def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> dict:
-    """Per-budget {limit, value, ok} for one artifact result; empty unless status is ok."""
-    if result.get("status") != "ok":
+def images_of(drop: float, samples: int) -> int:
+    """An accuracy difference in points, counted in whole eval images."""
+    return round(drop * samples / 100.0)
+
+
+def _size_check(result: dict, budgets: dict) -> dict:
+    """max_bytes needs no run: it is judged whenever the file's size is known."""
+    limit, size = budgets.get("max_bytes"), result.get("bytes")
+    if limit is None or size is None:
         return {}
+    return {"max_bytes": {"limit": limit, "value": size, "ok": bool(size <= limit)}}
+
+
+def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> dict:
+    """Per-budget {limit, value, ok} for one artifact result (``images``: the accuracy drop in
+    eval images). Only max_bytes when the artifact did not run (status not ok)."""
+    if result.get("status") != "ok":
+        return _size_check(result, budgets)
     drop = reference_accuracy - result["accuracy"]
+    samples = result.get("samples")
     checks = {
         "max_accuracy_drop": (
             budgets.get("max_accuracy_drop"),
             drop,
-            lambda v, lim: drop_within(v, lim, result.get("samples")),
+            lambda v, lim: drop_within(v, lim, samples),
         ),
         "min_agreement": (
             budgets.get("min_agreement"),
@@ -43,35 +58,46 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
             result["latency_ms"]["p90"],
             lambda v, lim: v <= lim,
         ),
-        "max_bytes": (budgets.get("max_bytes"), result["bytes"], lambda v, lim: v <= lim),
     }
-    return {
+    judged = {
         name: {"limit": lim, "value": value, "ok": bool(ok(value, lim))}
         for name, (lim, value, ok) in checks.items()
         if lim is not None
     }
+    if "max_accuracy_drop" in judged and samples:
+        judged["max_accuracy_drop"]["images"] = images_of(drop, samples)
+    return {**judged, **_size_check(result, budgets)}
+
+
+def _failure(path: str, name: str, b: dict, samples: int | None) -> str:
+    line = f"{path}: {name} {b['value']:.4g} vs limit {b['limit']:.4g}"
+    if name == "max_accuracy_drop" and samples:
+        # The resolution of the figure, so a reader can tell one unlucky image from a real loss.
+        line += f" ({b['images']} of {samples} images; 1 image = {100.0 / samples:.3g} points)"
+    return line
 
 
 def verdict(
     results: list[dict], reference_accuracy: float, budgets: dict
 ) -> tuple[bool, list[str]]:
-    """Whether every artifact that ran holds every budget, and why not in words.
+    """Whether every artifact was validated and holds every budget, and why not in words.
 
-    An artifact that errored fails the verdict; one skipped for a missing runtime is reported
-    but cannot pass or fail; a run where nothing was validated does not pass.
+    Any result that is not ``ok`` fails the verdict with its reason (an error, a runtime missing
+    on the machine, a result that never came back), except a skip the recipe asked for
+    (``excluded``: its runtime is not in ``runtime.runtimes``). max_bytes is judged for every
+    artifact whose size is known, validated or not. A run where nothing was validated fails.
     """
     reasons = []
     validated = 0
     for r in results:
-        if r.get("status") == "error":
-            reasons.append(f"{r['path']}: {r.get('reason', 'error')}")
-            continue
-        if r.get("status") == "skipped":
-            continue
-        validated += 1
+        status = r.get("status")
+        if status == "ok":
+            validated += 1
+        elif not (status == "skipped" and r.get("excluded")):
+            reasons.append(f"{r['path']}: not validated ({r.get('reason') or 'no result'})")
         for name, b in judge_artifact(r, reference_accuracy, budgets).items():
             if not b["ok"]:
-                reasons.append(f"{r['path']}: {name} {b['value']:.4g} vs limit {b['limit']:.4g}")
+                reasons.append(_failure(r["path"], name, b, r.get("samples")))
     if validated == 0:
         reasons.append("no artifact could be validated")
     return not reasons, reasons

@@ -9,10 +9,23 @@ Subcommand modules import torch, onnx and the runtimes inside their functions: `
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from exporter import __version__
 from exporter.errors import EdgepackError
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and context manager cleans up
+    (temp outputs, locks, child processes) before the process exits."""
+
+
+def _terminate(signum, frame) -> None:
+    # A second SIGTERM during the cleanup ends the process at once.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated
 
 
 class EdgepackGroup(click.Group):
@@ -22,6 +35,9 @@ class EdgepackGroup(click.Group):
         except EdgepackError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Terminated:
+            click.echo("error: terminated; no partial output was left", err=True)
+            ctx.exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             click.echo("error: interrupted; no partial output was left", err=True)
             ctx.exit(130)
@@ -65,4 +81,5 @@ _register()
 
 def main(args: list[str] | None = None) -> None:
     """The console script; ``args`` defaults to ``sys.argv[1:]``."""
+    signal.signal(signal.SIGTERM, _terminate)
     cli.main(args, prog_name="edgepack")

@@ -24,17 +24,26 @@ from exporter.errors import PackageError
     help="TARGET is a package zip: check it against its manifest and run its models",
 )
 @click.option(
+    "--artifact",
+    "artifacts",
+    multiple=True,
+    metavar="NAME",
+    help="the TFLite (and/or ONNX) artifact to ship, e.g. model.fp32.tflite: after a failed "
+    "run, one that held its budgets (repeatable, one per format)",
+)
+@click.option(
     "--allow-failed",
     is_flag=True,
-    help="package a run that failed validation (marked allow_failed in the manifest)",
+    help="ship an artifact that failed its budgets (marked allow_failed in the manifest)",
 )
 @click.option("--force", is_flag=True, help="replace an existing package directory and zip")
 @click.option("-q", "--quiet", is_flag=True)
-def command(target, platform, verify, allow_failed, force, quiet):
+def command(target, platform, verify, artifacts, allow_failed, force, quiet):
     """Package the validated models of edgepack output directory TARGET for a mobile app.
 
     Writes TARGET/package/<platform>/ and TARGET/<dirname>-<platform>.zip: model.tflite (with
-    TFLite metadata and labels), model.ort, labels.txt, manifest.json, USAGE.md.
+    TFLite metadata and labels), model.ort, labels.txt, manifest.json, USAGE.md. With --verify,
+    exit 2 when a file or a model's answers differ from what manifest.json recorded.
     """
     from exporter.package import package_dir, verify_zip
 
@@ -43,14 +52,17 @@ def command(target, platform, verify, allow_failed, force, quiet):
         if not quiet:
             ran = (
                 f"; model.tflite and model.ort ran on {res['samples']} input(s) from "
-                f"{res['inputs']}, top-1 agreement {res['tflite_ort_agreement']:.3f}"
+                f"{res['inputs']}, answers as recorded, top-1 agreement "
+                f"{res['tflite_ort_agreement']:.3f}"
             )
             click.echo(f"verified {target}: {res['files']} files match manifest.json{ran}")
         return
     if target.suffix == ".zip":
         raise PackageError(f"{target} is a zip: use --verify to check it")
-    res = package_dir(target, platform, force=force, allow_failed=allow_failed)
+    res = package_dir(
+        target, platform, force=force, allow_failed=allow_failed, artifacts=tuple(artifacts)
+    )
     if not quiet:
         size = res.zip.stat().st_size
-        note = " (from a FAILED validation)" if res.manifest["allow_failed"] else ""
+        note = " (ships what FAILED its budgets)" if res.manifest["allow_failed"] else ""
         click.echo(f"package: {res.dir}/ and {res.zip} ({size:,} bytes){note}")

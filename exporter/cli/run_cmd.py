@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from exporter.cli.options import FLOATS
+from exporter.cli.options import FINITE, FLOATS
 from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
 
 
@@ -41,7 +41,7 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
     metavar="SECTION.KEY=VALUE",
     help="override a recipe key, e.g. --set compress.prune.sparsity=0.5 (repeatable)",
 )
-@click.option("--sparsity", type=float, help="shortcut for --set compress.prune.sparsity=")
+@click.option("--sparsity", type=FINITE, help="shortcut for --set compress.prune.sparsity=")
 @click.option("--epochs", type=int, help="shortcut for --set compress.finetune.epochs=")
 @click.option(
     "--qat-epochs",
@@ -57,7 +57,8 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
     "--package/--no-package",
     "package",
     default=False,
-    help="after a passed run, package it for --platform (see `edgepack package`)",
+    help="after a passed run, package it for --platform (see `edgepack package`); a failed "
+    "run is not packaged, and says so",
 )
 @click.option(
     "--platform",
@@ -120,6 +121,10 @@ def command(
     elif not quiet:
         click.echo(f"report: {out / REPORT}")
         click.echo(f"report: {out / 'report.html'}")
+    if package and not result.passed:
+        from exporter.package import not_packaged_line
+
+        click.echo(not_packaged_line(out, result.report), err=True)
     if package and result.passed:
         from exporter.package import package_dir
 

@@ -19,7 +19,7 @@ from exporter.compress.prune import (
     prune_model,
 )
 from exporter.compress.rounding import round_to_grid
-from exporter.errors import DataError
+from exporter.errors import DataError, RecipeError
 from exporter.recipe import CompressSpec
 from exporter.training.loop import TrainConfig, train
 
@@ -76,6 +76,12 @@ def compress(
         ).to_dict()
     weights = prunable_weights(model, prune.exclude)
     does_prune = prune.sparsity is not None or prune.threshold is not None
+    if not weights and (prune.sparsity or prune.threshold):
+        raise RecipeError(
+            "compress.prune: no layer left to prune: compress.prune.exclude "
+            f"[{', '.join(prune.exclude)}] excludes every conv/fully-connected layer of this "
+            "model (set compress.prune.sparsity=0, or narrow compress.prune.exclude)"
+        )
     wants_ft = ft.epochs > 0
     if wants_ft and (train_inputs is None or len(train_inputs) == 0):
         raise DataError("compress.finetune.epochs > 0 needs training data (--data)")
@@ -105,50 +111,9 @@ def compress(
             layout=layout,
         )
     if wants_ft:
-        state = {"masks": masks}
-        hook = None
-        if gradual:
-
-            def hook(step: int, total: int) -> None:
-                end = max(1, int(total * RAMP_FRACTION))
-                every = max(1, end // RAMP_UPDATES)
-                if step % every == 0 or step == end:
-                    s = cubic_sparsity(min(step + every, end), prune.sparsity, end)
-                    new = magnitude_masks(
-                        {n: p.detach() for n, p in weights.items()},
-                        sparsity=s,
-                        scope=prune.scope,
-                        layout=layout,
-                    )
-                    state["masks"] = MaskSet(weights, new)
-                    state["masks"].apply()
-
-        def after() -> None:
-            if state["masks"] is not None:
-                state["masks"].apply()
-
-        cfg = TrainConfig(
-            epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
+        result.finetune_loss = _finetune(
+            model, spec, weights, masks, layout, gradual, train_inputs, train_labels, progress
         )
-        result.finetune_loss = train(
-            model,
-            train_inputs,
-            train_labels,
-            cfg,
-            step_hook=hook,
-            after_step=after,
-            progress=progress,
-            label="fine-tune",
-        )
-        if gradual:
-            # The final masks must be exactly at the target, whatever the step count was.
-            prune_model(
-                model,
-                sparsity=prune.sparsity,
-                scope=prune.scope,
-                exclude=prune.exclude,
-                layout=layout,
-            )
     # Every conv / FC weight: prune.exclude keeps layers dense, it does not exempt them from the
     # grid the recipe asks for.
     result.rounding = round_to_grid(
@@ -159,3 +124,64 @@ def compress(
     zeros = sum(int((w == 0).sum()) for w in weights.values())
     result.pruned_fraction = zeros / max(1, total)
     return result
+
+
+def _finetune(
+    model: nn.Module,
+    spec: CompressSpec,
+    weights: dict,
+    masks: MaskSet | None,
+    layout,
+    gradual: bool,
+    train_inputs: np.ndarray,
+    train_labels: np.ndarray,
+    progress: Progress | None,
+) -> list[float]:
+    """Fine-tune with the pruning masks held (gradual: ramped up during the first steps)."""
+    prune, ft = spec.prune, spec.finetune
+    state = {"masks": masks}
+    hook = None
+    if gradual:
+
+        def hook(step: int, total: int) -> None:
+            end = max(1, int(total * RAMP_FRACTION))
+            every = max(1, end // RAMP_UPDATES)
+            if step % every == 0 or step == end:
+                s = cubic_sparsity(min(step + every, end), prune.sparsity, end)
+                new = magnitude_masks(
+                    {n: p.detach() for n, p in weights.items()},
+                    sparsity=s,
+                    scope=prune.scope,
+                    layout=layout,
+                )
+                state["masks"] = MaskSet(weights, new)
+                state["masks"].apply()
+
+    def after() -> None:
+        if state["masks"] is not None:
+            state["masks"].apply()
+
+    cfg = TrainConfig(
+        epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
+    )
+    losses = train(
+        model,
+        train_inputs,
+        train_labels,
+        cfg,
+        step_hook=hook,
+        after_step=after,
+        progress=progress,
+        label="fine-tune",
+        lr_option="compress.finetune.lr",
+    )
+    if gradual:
+        # The final masks must be exactly at the target, whatever the step count was.
+        prune_model(
+            model,
+            sparsity=prune.sparsity,
+            scope=prune.scope,
+            exclude=prune.exclude,
+            layout=layout,
+        )
+    return losses

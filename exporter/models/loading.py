@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import importlib
 import importlib.util
 import inspect
+import io
+import json
 import logging
+import os
 import pickle
 import sys
+import types
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -67,14 +72,90 @@ def _call_factory(
         kwargs = {k: v for k, v in offered.items() if accepts_kwargs or k in params}
     except (TypeError, ValueError):
         kwargs = {}
-    try:
-        module = factory(**kwargs)
-    except Exception as exc:  # the user's code: any failure is reported, not re-raised
-        raise ModelLoadError(f"model factory '{spec}' raised {type(exc).__name__}: {exc}") from None
+    target = spec.rpartition(":")[0]
+    with _running_user_file(Path(target) if target.endswith(".py") else None) as held:
+        try:
+            module = factory(**kwargs)
+        except (SystemExit, _UserExit) as exc:
+            raise _exit_error(f"model factory '{spec}'", exc, held) from None
+        except Exception as exc:  # the user's code: any failure is reported, not re-raised
+            raise ModelLoadError(
+                f"model factory '{spec}' raised {type(exc).__name__}: {exc}"
+            ) from None
     if not isinstance(module, nn.Module):
         raise ModelLoadError(
             f"model factory '{spec}' returned {type(module).__name__}, not a torch.nn.Module"
         )
+    return module
+
+
+class _UserExit(BaseException):
+    """Raised in place of ``os._exit`` while a model file runs: the process must not vanish.
+
+    A BaseException, like SystemExit, so a model file's ``except Exception`` cannot swallow it.
+    """
+
+    def __init__(self, code: object):
+        super().__init__(code)
+        self.code = code
+
+
+def _trapped_os_exit(code: int) -> None:
+    raise _UserExit(code)
+
+
+@contextlib.contextmanager
+def _running_user_file(path: Path | None):
+    """Run a model file as a script would see itself, and keep edgepack's process state.
+
+    While the file is imported and its factory called: ``sys.argv`` is ``[file]`` (a file that
+    parses arguments must not see edgepack's), its folder leads ``sys.path`` (it may import the
+    modules beside it), ``os._exit`` raises instead of ending the process (a Python-level call
+    only: a C extension that exits cannot be stopped in-process), and stderr is held so an
+    argparse usage is not printed as edgepack's. All of it is restored afterwards; what the
+    file printed to stderr is passed on only when it succeeded (a failure is one error line).
+    """
+    saved_argv, saved_path, saved_exit = sys.argv, list(sys.path), os._exit
+    held = io.StringIO()
+    if path is not None:
+        sys.argv = [str(path)]
+        sys.path.insert(0, str(path.resolve().parent))
+    os._exit = _trapped_os_exit
+    try:
+        with contextlib.redirect_stderr(held):
+            yield held
+    finally:
+        sys.argv, os._exit = saved_argv, saved_exit
+        sys.path[:] = saved_path
+    sys.stderr.write(held.getvalue())
+
+
+def _exit_error(where: str, exc: BaseException, held: io.StringIO) -> ModelLoadError:
+    call = "os._exit" if isinstance(exc, _UserExit) else "sys.exit"
+    said = [ln.strip() for ln in held.getvalue().splitlines() if ln.strip()]
+    detail = f"; it said: {said[-1]}" if said else ""
+    return ModelLoadError(
+        f"{where} exited with {call}({exc.code!r}): a model file must define the model, not "
+        f"exit or parse command-line arguments when imported{detail}"
+    )
+
+
+def _exec_user_file(path: Path):
+    if not path.is_file():
+        raise InputFileError(f"model file {path} not found")
+    name = f"edgepack_user_{path.stem}"
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    sys.modules[name] = module
+    with _running_user_file(path) as held:
+        try:
+            mod_spec.loader.exec_module(module)
+        except (SystemExit, _UserExit) as exc:
+            sys.modules.pop(name, None)
+            raise _exit_error(f"importing {path}", exc, held) from None
+        except Exception as exc:
+            sys.modules.pop(name, None)
+            raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
     return module
 
 
@@ -83,44 +164,123 @@ def _import_factory(spec: str):
     if not target or not attr:
         raise ModelLoadError(f"model spec '{spec}' must be file.py:Factory or module:Factory")
     if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise InputFileError(f"model file {path} not found")
-        name = f"edgepack_user_{path.stem}"
-        mod_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(mod_spec)
-        sys.modules[name] = module
-        try:
-            mod_spec.loader.exec_module(module)
-        except Exception as exc:
-            sys.modules.pop(name, None)
-            raise ModelLoadError(f"importing {path} raised {type(exc).__name__}: {exc}") from None
+        module = _exec_user_file(Path(target))
     else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ModelLoadError(f"cannot import module '{target}': {exc}") from None
+        with _running_user_file(None) as held:
+            try:
+                module = importlib.import_module(target)
+            except ImportError as exc:
+                raise ModelLoadError(f"cannot import module '{target}': {exc}") from None
+            except (SystemExit, _UserExit) as exc:
+                raise _exit_error(f"importing module '{target}'", exc, held) from None
     if not hasattr(module, attr):
         raise ModelLoadError(f"'{attr}' not found in {target}")
     return getattr(module, attr)
 
 
+_NO_CODE = "only torch.export programs of tensors are loaded; code is never run"
+
+
+def _refuse_code_in_pt2(path: Path, data: bytes) -> None:
+    """Refuse the parts of a .pt2 that torch.export.load would run as code.
+
+    torch reads "opaque" and "custom" object constants with ``pickle.loads`` and the TorchScript
+    unpickler, and loads any AOTInductor folder as a shared library; none of it can be made safe,
+    so an archive that has them is refused before torch sees it. (Pickled tensors are loaded
+    weights-only, see :func:`_weights_only_loads`.)
+    """
+    from torch.export.pt2_archive import constants as pt2
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            names = {n.split("/", 1)[-1]: n for n in archive.namelist()}
+            if any(n.startswith(pt2.AOTINDUCTOR_DIR) for n in names):
+                raise InputFileError(
+                    f"{path}: refused: it holds compiled native code (AOTInductor); {_NO_CODE}"
+                )
+            for name, full in names.items():
+                if name.startswith(pt2.CONSTANTS_DIR) and name.endswith("constants_config.json"):
+                    _refuse_pickled_objects(path, archive.read(full))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not an archive at all: torch.export.load says so in its own words
+
+
+def _refuse_pickled_objects(path: Path, config: bytes) -> None:
+    from torch.export.pt2_archive import constants as pt2
+
+    entries = json.loads(config).get("config", {})
+    objects = sorted(
+        fqn
+        for fqn, meta in entries.items()
+        if isinstance(meta, dict)
+        and str(meta.get("path_name", "")).startswith(
+            (pt2.OPAQUE_OBJ_FILENAME_PREFIX, pt2.CUSTOM_OBJ_FILENAME_PREFIX)
+        )
+    )
+    if objects:
+        raise InputFileError(
+            f"{path}: refused: constant(s) {', '.join(objects)} are pickled objects; {_NO_CODE}"
+        )
+
+
+@contextlib.contextmanager
+def _weights_only_loads():
+    """Every torch.load in the block runs weights-only, even where the caller says otherwise.
+
+    torch.export.load reads pickled weights and constants (``use_pickle`` in the archive's
+    config), legacy weight files and sample inputs with ``torch.load(weights_only=False)``;
+    torch's documented TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that explicit argument.
+    """
+    saved = {
+        k: os.environ.get(k)
+        for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")
+    }
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _caused_by_unpickling(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, pickle.UnpicklingError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _load_exported_program(path: Path) -> nn.Module:
     if not path.is_file():
         raise InputFileError(f"model file {path} not found")
+    # Read once: the bytes checked for code are the bytes torch loads.
+    data = path.read_bytes()
+    _refuse_code_in_pt2(path, data)
     # torch.export.load logs the whole traceback of a bad archive at WARNING before it raises;
     # the raise is reported below in one line, so the log is silenced for the call.
     log = logging.getLogger("torch.export")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        program = torch.export.load(str(path))
+        with _weights_only_loads(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(io.BytesIO(data))
     except Exception as exc:  # torch raises many types for a bad archive
+        if _caused_by_unpickling(exc):
+            raise InputFileError(
+                f"{path}: refused: a pickled entry is not plain tensor data; {_NO_CODE}"
+            ) from None
         raise InputFileError(
             f"{path}: not a readable torch.export program ({type(exc).__name__})"
         ) from None
     finally:
         log.setLevel(level)
+    _refuse_non_finite(path, dict(program.state_dict), "weights")
     module = program.module()
     example = [a for a in program.example_inputs[0] if isinstance(a, torch.Tensor)]
     if len(example) == 1 and example[0].shape[0] == 1:
@@ -129,6 +289,19 @@ def _load_exported_program(path: Path) -> nn.Module:
         except Exception:  # a static batch of 1: guards refuse anything else
             return _PerSample(module)
     return module
+
+
+def _refuse_non_finite(path: Path, tensors: dict, what: str) -> None:
+    bad = [
+        k
+        for k, v in tensors.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(v.isfinite().all())
+    ]
+    if bad:
+        raise ModelLoadError(
+            f"{path}: {what} not finite (NaN or Inf) in {', '.join(bad)}; such a model "
+            "computes nothing meaningful (was its training diverging?)"
+        )
 
 
 class _PerSample(nn.Module):
@@ -173,25 +346,77 @@ def load_model(
     return LoadedModel(spec, _call_factory(factory, spec, in_channels, image_size, num_classes))
 
 
+# The only globals a plain state_dict pickle names; everything else is refused by name.
+_STATE_DICT_GLOBALS = {
+    "collections.OrderedDict": collections.OrderedDict,
+    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
+    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
+}
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Python's unpickler (every protocol) allowed to import only :data:`_STATE_DICT_GLOBALS`.
+
+    torch's weights-only unpickler stops at protocol 4/5 opcodes (FRAME, MEMOIZE); pickle runs
+    code only through the callables ``find_class`` hands out, so this allowlist keeps the same
+    guarantee for the few globals a state_dict needs. (torch resolves storage types itself.)
+    """
+
+    def find_class(self, module: str, name: str):
+        found = _STATE_DICT_GLOBALS.get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"it imports {module}.{name}")
+        return found
+
+
+def _state_dict_pickle_module() -> types.ModuleType:
+    mod = types.ModuleType("edgepack_state_dict_pickle")
+    mod.Unpickler = _StateDictUnpickler
+    mod.load = lambda f, **kw: _StateDictUnpickler(f, **kw).load()
+    return mod
+
+
+def _torch_load(path: Path):
+    """torch.load weights-only; a newer pickle protocol goes through the allowlisted unpickler.
+
+    torch warns about any protocol but 2 on stderr before it loads; the outcome is reported
+    here, so the warning is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected pickle protocol")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            if "Unsupported operand" not in str(exc):
+                raise
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_state_dict_pickle_module()
+        )
+
+
+def _refused(path: Path, exc: pickle.UnpicklingError) -> InputFileError:
+    # torch's message is a paragraph; the line naming the blocked global/opcode is what matters.
+    lines = [ln.strip() for ln in str(exc).splitlines()]
+    detail = [ln for ln in lines if "GLOBAL" in ln or ln.startswith(("Unsupported", "it imports"))]
+    why = detail[0] if detail else "not a plain state_dict"
+    how = (
+        "(weights_only=True)" if "GLOBAL" in why or "Unsupported" in why else " (state_dict types)"
+    )
+    return InputFileError(
+        f"{path}: refused by torch.load{how}: {why} (only state_dicts of tensors are loaded; code is never "
+        "run; save weights with torch.save(model.state_dict(), path))"
+    )
+
+
 def load_weights(module: nn.Module, path: str | Path) -> None:
-    """Load a state_dict with ``weights_only=True``: a pickle with code in it is refused."""
+    """Load a state_dict without running code from it: a pickle with code in it is refused."""
     path = Path(path)
     if not path.is_file():
         raise InputFileError(f"weights file {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        # torch's message is a paragraph; the line naming the blocked global/opcode is what matters.
-        detail = [
-            ln.strip()
-            for ln in str(exc).splitlines()
-            if "GLOBAL" in ln or ln.strip().startswith("Unsupported")
-        ]
-        why = detail[0] if detail else "not a plain state_dict"
-        raise InputFileError(
-            f"{path}: refused by torch.load(weights_only=True): {why} "
-            "(only state_dicts of tensors are loaded; code is never run)"
-        ) from None
+        raise _refused(path, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise InputFileError(
             f"{path}: not a readable torch weights file ({type(exc).__name__})"
@@ -217,4 +442,5 @@ def load_weights(module: nn.Module, path: str | Path) -> None:
         )
     if problems:
         raise ModelLoadError(f"{path} does not match the model: {'; '.join(problems)}")
+    _refuse_non_finite(path, state, "weights")
     module.load_state_dict(state, strict=True)

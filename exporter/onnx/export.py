@@ -40,6 +40,18 @@ def _quiet_exporter():
             lg.setLevel(level)
 
 
+def _interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) behind ``exc``, if any: an exporter that wraps the errors of its
+    stages in its own types must not turn an interrupt into a failed export."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def export_onnx(
     module: nn.Module,
     input_shape: tuple[int, int, int],
@@ -70,6 +82,8 @@ def export_onnx(
             )
             model = program.model_proto
     except Exception as exc:  # the exporter raises many types; the user needs one line
+        if (interrupt := _interrupt(exc)) is not None:
+            raise interrupt from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConversionError(f"torch.onnx.export failed: {first}") from None
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -90,14 +104,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise InputFileError(f"{path}: not a valid ONNX model ({type(exc).__name__})") from None
     if not model.graph.node:
         raise InputFileError(f"{path}: not a valid ONNX model (no graph nodes)")
-    for init in model.graph.initializer:
-        if init.data_location == onnx.TensorProto.EXTERNAL:
-            loc = {e.key: e.value for e in init.external_data}.get("location", "?")
-            if not (path.parent / loc).is_file():
-                raise InputFileError(
-                    f"{path}: external data file '{loc}' for tensor '{init.name}' is missing"
-                )
-    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in model.graph.initializer):
+    if _check_external_data(path, model):
         onnx.load_external_data_for_model(model, str(path.parent))
     try:
         onnx.checker.check_model(model)
@@ -107,6 +114,47 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0]
         raise InputFileError(f"{path}: invalid ONNX model ({first})") from None
     return model
+
+
+def _check_external_data(path: Path, model: onnx.ModelProto) -> bool:
+    """Whether ``model`` has external data; each file must exist inside the model's folder.
+
+    A location such as ``../../etc/shadow`` or an absolute path would make edgepack read (and
+    copy into its output) a file the model has no business with, so it is refused.
+    """
+    folder = path.parent.resolve()
+    external = False
+    for init in model.graph.initializer:
+        if init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        external = True
+        loc = {e.key: e.value for e in init.external_data}.get("location", "?")
+        if not (folder / loc).resolve().is_relative_to(folder):
+            raise InputFileError(
+                f"{path}: external data '{loc}' for tensor '{init.name}' is outside the "
+                "model's folder; refused (external data must sit beside the model)"
+            )
+        if not (folder / loc).is_file():
+            raise InputFileError(
+                f"{path}: external data file '{loc}' for tensor '{init.name}' is missing"
+            )
+    return external
+
+
+def copy_onnx(src: str | Path, dest: str | Path) -> None:
+    """Copy an ONNX model to ``dest`` as one self-contained file.
+
+    A model whose weights are in external data files is saved with the data inside, so the
+    copy does not depend on files left behind (a byte copy of the .onnx alone would).
+    """
+    src, dest = Path(src), Path(dest)
+    model = load_onnx(src)
+    raw = src.read_bytes()
+    bare = onnx.load_model_from_string(raw)  # external data is not loaded from a string
+    if any(i.data_location == onnx.TensorProto.EXTERNAL for i in bare.graph.initializer):
+        onnx.save_model(model, str(dest))  # load_onnx has read the data in
+    else:
+        dest.write_bytes(raw)  # self-contained already: keep the user's bytes
 
 
 def onnx_input_shape(model: onnx.ModelProto) -> tuple[list[int | str], str]:

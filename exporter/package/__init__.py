@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import zipfile
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from exporter import __version__
+from exporter.artifacts import load_index, verify_artifact
 from exporter.common.atomic import atomic_dir, atomic_path, check_writable
 from exporter.errors import PackageError
 from exporter.outdir import (
@@ -27,7 +27,6 @@ from exporter.outdir import (
     ONNX_FP32,
     ONNX_INT8,
     PACKAGE_MANIFEST,
-    PACKAGE_TFLITE,
     REPORT,
     package_path,
     package_zip,
@@ -38,18 +37,22 @@ from exporter.package.metadata import (
     ModelMeta,
     build_metadata,
     embed_metadata,
-    read_metadata_buffer,
 )
 from exporter.package.ort_format import ORT_CONFIG, ORT_MODEL, convert_to_ort
 from exporter.package.usage import render_usage
-from exporter.package.zipfile_det import read_zip, zip_bytes
+from exporter.package.verify import (
+    LABELS,
+    MANIFEST_VERSION,
+    SAMPLES,
+    TFLITE,
+    expected,
+    measure,
+    verify_zip,
+)
+from exporter.package.zipfile_det import zip_bytes
 from exporter.report.schema import read_report
 
 PLATFORMS = ("android", "ios")
-MANIFEST_VERSION = 1
-TFLITE = PACKAGE_TFLITE
-LABELS = "labels.txt"
-SAMPLES = "sample_inputs.npz"
 USAGE = "USAGE.md"
 SAMPLE_COUNT = 16  # enough for --verify to compare the two runtimes, small enough to ship
 _COLOR = {1: "GRAYSCALE", 3: "RGB"}
@@ -78,40 +81,156 @@ def _held_budgets(row: dict[str, Any]) -> bool:
     return row.get("status") == "ok" and all(b["ok"] for b in row.get("budgets", {}).values())
 
 
-def choose_tflite(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> dict[str, Any]:
-    """The report row of the TFLite artifact to ship (see docs/package_manifest.md)."""
-    rows = [
-        r
-        for r in report.get("artifacts", [])
-        if r.get("format") == "tflite" and (out_dir / r["path"]).is_file()
-    ]
+def _why_failed(report: dict[str, Any], row: dict[str, Any]) -> str:
+    said = [r for r in report.get("reasons", []) if r.startswith(f"{row['path']}: ")]
+    if said:
+        return "; ".join(said)
+    missed = [n for n, b in row.get("budgets", {}).items() if not b["ok"]]
+    return f"{row['path']}: " + (", ".join(missed) or str(row.get("status", "not validated")))
+
+
+def run_level_reasons(report: dict[str, Any]) -> list[str]:
+    """Reasons the run failed that no single artifact caused (shipping any artifact of such a
+    run needs --allow-failed)."""
+    paths = [r["path"] for r in report.get("artifacts", [])]
+    return [r for r in report.get("reasons", []) if not any(r.startswith(f"{p}: ") for p in paths)]
+
+
+def held_tflite(report: dict[str, Any], out_dir: Path) -> list[str]:
+    """The TFLite artifacts of ``out_dir`` that held every budget, int8 first."""
+    held = [r for r in _rows(report, out_dir, "tflite") if _held_budgets(r)]
+    return [r["path"] for r in sorted(held, key=lambda r: r.get("precision") != "int8")]
+
+
+def _rows(report: dict[str, Any], out_dir: Path, fmt: str) -> list[dict[str, Any]]:
+    rows = report.get("artifacts", [])
+    return [r for r in rows if r.get("format") == fmt and (out_dir / r["path"]).is_file()]
+
+
+def _named(report: dict, out_dir: Path, name: str, fmt: str, allow_failed: bool) -> dict:
+    """The report row of the artifact named by --artifact, if it may ship."""
+    rows = {r["path"]: r for r in _rows(report, out_dir, fmt)}
+    if name not in rows:
+        have = ", ".join(rows) or "none"
+        raise PackageError(f"--artifact {name}: not a {fmt} artifact of {out_dir} (it has: {have})")
+    row = rows[name]
+    if not _held_budgets(row) and not allow_failed:
+        raise PackageError(
+            f"--artifact {name} did not hold its budgets ({_why_failed(report, row)}); "
+            "use --allow-failed to ship it anyway"
+        )
+    return row
+
+
+def choose_tflite(
+    report: dict[str, Any], out_dir: Path, allow_failed: bool, name: str | None = None
+) -> dict[str, Any]:
+    """The report row of the TFLite artifact to ship (see docs/package_manifest.md): ``name``
+    if given, else int8 then fp32 among those that held their budgets; one that failed only
+    with ``allow_failed`` and only when none held."""
+    if name is not None:
+        return _named(report, out_dir, name, "tflite", allow_failed)
+    rows = _rows(report, out_dir, "tflite")
     if not rows:
         raise PackageError(
             f"{out_dir} has no TFLite artifact to package "
             "(the recipe's export.formats must include tflite)"
         )
-    ok = [r for r in rows if _held_budgets(r) or allow_failed]
-    for precision in ("int8", "fp32"):
-        for row in ok:
-            if row.get("precision") == precision:
-                return row
-    if ok:
-        return ok[0]
+    held = [r for r in rows if _held_budgets(r)]
+    for candidates in (held, rows if allow_failed else []):
+        for precision in ("int8", "fp32", None):
+            for row in candidates:
+                if precision is None or row.get("precision") == precision:
+                    return row
+    why = "; ".join(_why_failed(report, r) for r in rows)
     raise PackageError(
-        f"no TFLite artifact in {out_dir} held its budgets (use --allow-failed to package anyway)"
+        f"no TFLite artifact in {out_dir} held its budgets ({why}); "
+        "use --allow-failed to package one anyway"
     )
 
 
-def choose_onnx(report: dict[str, Any], out_dir: Path, allow_failed: bool) -> tuple[str, dict]:
-    """The ONNX model to convert to ORT: int8 if it held its budgets, else fp32."""
+def choose_onnx(
+    report: dict[str, Any], out_dir: Path, allow_failed: bool, name: str | None = None
+) -> tuple[str, dict]:
+    """The ONNX model to convert to ORT: ``name`` if given, else int8 if it held its budgets,
+    else fp32 if it held them (or was not validated: it is always written, as every later
+    stage's input); a failing one only with ``allow_failed``."""
+    if name is not None:
+        return name, _named(report, out_dir, name, "onnx", allow_failed)
     rows = {r["path"]: r for r in report.get("artifacts", []) if r.get("format") == "onnx"}
-    for name in (ONNX_INT8, ONNX_FP32):
-        row = rows.get(name, {})
-        # fp32 ONNX is always written (it is every later stage's input), reported or not.
-        usable = _held_budgets(row) or allow_failed or (name == ONNX_FP32 and not row)
-        if (out_dir / name).is_file() and usable:
-            return name, row
+    for lenient in (False, True) if allow_failed else (False,):
+        for onnx_name in (ONNX_INT8, ONNX_FP32):
+            row = rows.get(onnx_name, {})
+            usable = _held_budgets(row) or lenient or (onnx_name == ONNX_FP32 and not row)
+            if (out_dir / onnx_name).is_file() and usable:
+                return onnx_name, row
+    failed = [_why_failed(report, r) for r in rows.values() if (out_dir / r["path"]).is_file()]
+    if failed:
+        raise PackageError(
+            f"no ONNX model in {out_dir} held its budgets ({'; '.join(failed)}); "
+            "use --allow-failed to convert one to ORT anyway"
+        )
     raise PackageError(f"{out_dir} has no ONNX model to convert to ORT format")
+
+
+def _split_artifacts(artifacts: tuple[str, ...]) -> dict[str, str]:
+    """--artifact names by format (one TFLite, one ONNX at most)."""
+    chosen: dict[str, str] = {}
+    for name in artifacts:
+        fmt = {".tflite": "tflite", ".onnx": "onnx"}.get(Path(name).suffix)
+        if fmt is None:
+            raise PackageError(f"--artifact {name}: not a .tflite or .onnx artifact name")
+        if fmt in chosen:
+            raise PackageError(f"--artifact given two {fmt} artifacts: {chosen[fmt]}, {name}")
+        chosen[fmt] = name
+    return chosen
+
+
+def _check_verdict(
+    report: dict[str, Any], out_dir: Path, allow_failed: bool, named: dict[str, str]
+) -> None:
+    """A failed run ships only what the user named and what held its budgets, or anything
+    with --allow-failed; refused before any conversion."""
+    if report.get("passed") or allow_failed:
+        return
+    reasons = "; ".join(report.get("reasons", [])) or "validation failed"
+    own = run_level_reasons(report)
+    if own:
+        raise PackageError(
+            f"{out_dir} failed validation ({'; '.join(own)}); "
+            "use --allow-failed to package it anyway"
+        )
+    if "tflite" in named:
+        return
+    held = held_tflite(report, out_dir)
+    offer = (
+        f"{', '.join(held)} held its budgets: ship it with --artifact {held[0]}, or use "
+        "--allow-failed"
+        if held
+        else "no TFLite artifact held its budgets; use --allow-failed to package one anyway"
+    )
+    raise PackageError(f"{out_dir} failed validation ({reasons}); {offer}")
+
+
+def not_packaged_line(out_dir: Path, report: dict[str, Any]) -> str:
+    """What `run --package` says after a failed run instead of packaging it."""
+    held = held_tflite(report, out_dir) if not run_level_reasons(report) else []
+    hint = (
+        f"; `edgepack package {out_dir} --artifact {held[0]}` ships one that held its budgets"
+        if held
+        else ""
+    )
+    return f"package: not packaged, the run failed validation{hint}"
+
+
+def _verify_files(out_dir: Path, names: list[str]) -> None:
+    """The chosen artifacts are the files `edgepack run` wrote and validated (artifacts.json
+    records their sha256 and size); a file it does not list (fp32 ONNX when ONNX was not
+    exported) is the stage input that the validated artifacts were made from."""
+    by_path = {a.path: a for a in load_index(out_dir, verify=False)}
+    for name in names:
+        if name in by_path:
+            verify_artifact(out_dir, by_path[name])
 
 
 # ----- describing the models ---------------------------------------------------------------
@@ -277,19 +396,34 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {"artifact": row.get("path"), **{k: row.get(k) for k in keys}}
 
 
-def build_files(
-    out_dir: Path, platform: str, allow_failed: bool = False
-) -> tuple[dict[str, bytes], dict[str, Any], float]:
-    """Every file of the package (name -> bytes), the manifest, and the ORT conversion time."""
-    if platform not in PLATFORMS:
-        raise PackageError(f"unknown platform {platform!r} (one of: {', '.join(PLATFORMS)})")
-    report = _load_report(out_dir)
-    passed = bool(report.get("passed"))
-    if not passed and not allow_failed:
-        reasons = "; ".join(report.get("reasons", [])) or "validation failed"
-        raise PackageError(
-            f"{out_dir} failed validation ({reasons}); use --allow-failed to package it anyway"
-        )
+@dataclass(frozen=True)
+class _Choice:
+    tflite: dict[str, Any]  # report row
+    onnx: str
+    onnx_row: dict[str, Any]
+    failing: bool  # something shipped did not hold its budgets, or the run failed on its own
+
+
+def _choose(
+    report: dict[str, Any], out_dir: Path, allow_failed: bool, artifacts: tuple[str, ...]
+) -> _Choice:
+    named = _split_artifacts(artifacts)
+    _check_verdict(report, out_dir, allow_failed, named)
+    row = choose_tflite(report, out_dir, allow_failed, named.get("tflite"))
+    onnx_name, onnx_row = choose_onnx(report, out_dir, allow_failed, named.get("onnx"))
+    _verify_files(out_dir, [row["path"], onnx_name])
+    blamed = [
+        r for r in report.get("reasons", []) if r.startswith((f"{row['path']}: ", f"{onnx_name}: "))
+    ]
+    failing = (
+        not _held_budgets(row)
+        or bool(onnx_row and not _held_budgets(onnx_row))
+        or bool(blamed or run_level_reasons(report))
+    )
+    return _Choice(row, onnx_name, onnx_row, failing)
+
+
+def _inputs_of(report: dict[str, Any], out_dir: Path) -> tuple[list[str], dict[str, Any]]:
     classes = report.get("model", {}).get("classes") or []
     if not classes:
         raise PackageError(
@@ -298,17 +432,54 @@ def build_files(
     norm = report.get("data", {}).get("normalization") or {}
     if not norm.get("mean") or not norm.get("std"):
         raise PackageError(f"{out_dir / REPORT} has no input normalization (data.normalization)")
-    row = choose_tflite(report, out_dir, allow_failed)
-    onnx_name, onnx_row = choose_onnx(report, out_dir, allow_failed)
+    return [str(c) for c in classes], norm
 
-    labels = ("\n".join(str(c) for c in classes) + "\n").encode()
-    raw = (out_dir / row["path"]).read_bytes()
-    tflite_spec = _tflite_spec(raw, row, norm)
+
+def _validation(report: dict[str, Any], choice: _Choice) -> dict[str, Any]:
+    target = report.get("target", {})
+    return {
+        "passed": bool(report.get("passed")),
+        "reasons": report.get("reasons", []),
+        "target": target.get("name"),
+        "device": target.get("device"),
+        "cpu": report.get("cpu", {}).get("model"),
+        "reference_accuracy": report.get("reference", {}).get("accuracy"),
+        "tflite": _summary(choice.tflite),
+        "ort": _summary(choice.onnx_row) if choice.onnx_row else None,
+    }
+
+
+def _versions(report: dict[str, Any], opset: int | None) -> dict[str, Any]:
+    return {
+        "edgepack": __version__,
+        "edgepack_run": report.get("edgepack_version"),
+        "onnxruntime": _version("onnxruntime"),
+        "ai-edge-litert": _version("ai-edge-litert"),
+        "validated_with": report.get("runtimes", {}),
+        "opset": opset,
+        "tflite_metadata": "1.0.0",
+    }
+
+
+def build_files(
+    out_dir: Path, platform: str, allow_failed: bool = False, artifacts: tuple[str, ...] = ()
+) -> tuple[dict[str, bytes], dict[str, Any], float]:
+    """Every file of the package (name -> bytes), the manifest, and the ORT conversion time."""
+    if platform not in PLATFORMS:
+        raise PackageError(f"unknown platform {platform!r} (one of: {', '.join(PLATFORMS)})")
+    report = _load_report(out_dir)
+    classes, norm = _inputs_of(report, out_dir)
+    choice = _choose(report, out_dir, allow_failed, artifacts)
+
+    labels = ("\n".join(classes) + "\n").encode()
+    raw = (out_dir / choice.tflite["path"]).read_bytes()
+    tflite_spec = _tflite_spec(raw, choice.tflite, norm)
     name = out_dir.resolve().name
     meta = build_metadata(_metadata_for(name, tflite_spec, classes, report))
     tflite = embed_metadata(raw, meta, {LABELS: labels})
-    ort_result = convert_to_ort(out_dir / onnx_name)
-    ort_spec = _ort_spec(ort_result.model, onnx_name, onnx_row, _onnx_opset(out_dir / onnx_name))
+    ort_result = convert_to_ort(out_dir / choice.onnx)
+    opset = _onnx_opset(out_dir / choice.onnx)
+    ort_spec = _ort_spec(ort_result.model, choice.onnx, choice.onnx_row, opset)
     ort_spec["deterministic_conversion"] = ort_result.deterministic
 
     files: dict[str, bytes] = {
@@ -320,33 +491,17 @@ def build_files(
     samples = _samples(out_dir)
     if samples is not None:
         files[SAMPLES] = samples
-    target = report.get("target", {})
     manifest: dict[str, Any] = {
         "manifest_version": MANIFEST_VERSION,
         "name": name,
         "platform": platform,
-        "allow_failed": not passed,
-        "classes": [str(c) for c in classes],
+        "allow_failed": choice.failing,
+        "classes": classes,
         "models": {TFLITE: tflite_spec, ORT_MODEL: ort_spec},
-        "validation": {
-            "passed": passed,
-            "reasons": report.get("reasons", []),
-            "target": target.get("name"),
-            "device": target.get("device"),
-            "cpu": report.get("cpu", {}).get("model"),
-            "reference_accuracy": report.get("reference", {}).get("accuracy"),
-            "tflite": _summary(row),
-            "ort": _summary(onnx_row) if onnx_row else None,
-        },
-        "versions": {
-            "edgepack": __version__,
-            "edgepack_run": report.get("edgepack_version"),
-            "onnxruntime": _version("onnxruntime"),
-            "ai-edge-litert": _version("ai-edge-litert"),
-            "validated_with": report.get("runtimes", {}),
-            "opset": ort_spec["opset"],
-            "tflite_metadata": "1.0.0",
-        },
+        # What --verify compares against: the packaged models' answers on the packaged images.
+        "expected": expected(measure(files, tflite_spec["input"]["layout"], len(classes))),
+        "validation": _validation(report, choice),
+        "versions": _versions(report, opset),
     }
     # USAGE.md reads the manifest, and the manifest lists USAGE.md: hash it last.
     files[USAGE] = render_usage(manifest, platform).encode()
@@ -358,16 +513,24 @@ def build_files(
 
 
 def package_dir(
-    out_dir: str | Path, platform: str, *, force: bool = False, allow_failed: bool = False
+    out_dir: str | Path,
+    platform: str,
+    *,
+    force: bool = False,
+    allow_failed: bool = False,
+    artifacts: tuple[str, ...] = (),
 ) -> PackageResult:
-    """Write ``out_dir/package/<platform>/`` and ``out_dir/<name>-<platform>.zip``."""
+    """Write ``out_dir/package/<platform>/`` and ``out_dir/<name>-<platform>.zip``.
+
+    ``artifacts`` names the TFLite and/or ONNX artifact to ship (see docs/package_manifest.md).
+    """
     out_dir = Path(out_dir)
     pkg = package_path(out_dir, platform)
     zip_path = package_zip(out_dir, platform)
     if platform in PLATFORMS:  # refuse early: nothing is converted when we could not write
         check_writable(pkg, force)
         check_writable(zip_path, force)
-    files, manifest, seconds = build_files(out_dir, platform, allow_failed)
+    files, manifest, seconds = build_files(out_dir, platform, allow_failed, artifacts)
     with atomic_dir(pkg, force=force) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
@@ -376,116 +539,17 @@ def package_dir(
     return PackageResult(pkg, zip_path, manifest, seconds)
 
 
-# ----- verification ------------------------------------------------------------------------
-
-
-def _tflite_inputs(
-    samples: dict[str, np.ndarray], detail: dict[str, Any], layout: str
-) -> np.ndarray:
-    x = samples["inputs"].astype(np.float32)  # normalized, NCHW, as eval_batch.npz holds it
-    if layout == "nhwc":
-        x = x.transpose(0, 2, 3, 1)
-    dtype = np.dtype(detail["dtype"])
-    if dtype == np.float32:
-        return x
-    scale, zp = detail["quantization"]
-    if dtype == np.uint8 and (not scale or (scale == 1.0 and zp == 0)) and "images" in samples:
-        return samples["images"].astype(np.uint8)  # raw pixels, normalization inside the model
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale + zp), info.min, info.max).astype(dtype)
-
-
-def _dequant(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    scale, zp = detail["quantization"]
-    return (y.astype(np.float32) - zp) * scale if scale else y.astype(np.float32)
-
-
-def _run_models(files: dict[str, bytes], manifest: dict[str, Any]) -> dict[str, Any]:
-    import onnxruntime as ort
-    from ai_edge_litert.interpreter import Interpreter
-
-    spec = manifest["models"][TFLITE]
-    interp = Interpreter(model_content=files[TFLITE])
-    interp.allocate_tensors()
-    (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-    sess = ort.InferenceSession(files[ORT_MODEL], providers=["CPUExecutionProvider"])
-    o_in = sess.get_inputs()[0]
-    if SAMPLES in files:
-        with np.load(io.BytesIO(files[SAMPLES])) as z:
-            samples = {k: z[k] for k in z.files}
-        source = SAMPLES
-    else:  # no samples shipped: zeros still prove that both models load and run
-        shape = [1 if isinstance(d, str) or d is None else d for d in o_in.shape]
-        samples = {"inputs": np.zeros(shape, np.float32)}
-        source = "zeros"
-    x_tfl = _tflite_inputs(samples, inp, spec["input"]["layout"])
-    tfl, orl = [], []
-    for i in range(len(samples["inputs"])):
-        interp.set_tensor(inp["index"], x_tfl[i : i + 1])
-        interp.invoke()
-        tfl.append(_dequant(interp.get_tensor(out["index"]), out))
-        orl.append(sess.run(None, {o_in.name: samples["inputs"][i : i + 1].astype(np.float32)})[0])
-    tfl_logits, ort_logits = np.concatenate(tfl), np.concatenate(orl)
-    if not (np.isfinite(tfl_logits).all() and np.isfinite(ort_logits).all()):
-        raise PackageError("a packaged model produced non-finite outputs")
-    classes = len(manifest["classes"])
-    if tfl_logits.shape[1] != classes or ort_logits.shape[1] != classes:
-        raise PackageError(
-            f"model outputs {tfl_logits.shape[1]} / {ort_logits.shape[1]} "
-            f"scores but labels.txt has {classes} classes"
-        )
-    agree = float((tfl_logits.argmax(1) == ort_logits.argmax(1)).mean())
-    result = {"inputs": source, "samples": len(tfl_logits), "tflite_ort_agreement": agree}
-    if "labels" in samples:
-        labels = samples["labels"]
-        result["tflite_accuracy"] = float((tfl_logits.argmax(1) == labels).mean() * 100)
-        result["ort_accuracy"] = float((ort_logits.argmax(1) == labels).mean() * 100)
-    return result
-
-
-def verify_zip(path: str | Path, run_models: bool = True) -> dict[str, Any]:
-    """Check every file of a package zip against its manifest, then load and run both models.
-
-    Raises PackageError naming the first kind of problem found (altered, missing, extra).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PackageError(f"{path}: no such file")
-    files = read_zip(str(path))
-    if PACKAGE_MANIFEST not in files:
-        raise PackageError(f"{path}: no {PACKAGE_MANIFEST} (not an edgepack package)")
-    try:
-        manifest = json.loads(files[PACKAGE_MANIFEST])
-        listed: dict[str, dict[str, Any]] = manifest["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PackageError(f"{path}: {PACKAGE_MANIFEST} unreadable ({exc})") from None
-    missing = sorted(set(listed) - set(files))
-    extra = sorted(set(files) - set(listed) - {PACKAGE_MANIFEST})
-    altered = sorted(
-        n
-        for n in set(listed) & set(files)
-        if _sha(files[n]) != listed[n].get("sha256") or len(files[n]) != listed[n].get("bytes")
-    )
-    problems = (
-        ([f"altered (sha256 mismatch): {', '.join(altered)}"] if altered else [])
-        + ([f"missing: {', '.join(missing)}"] if missing else [])
-        + ([f"extra (not in the manifest): {', '.join(extra)}"] if extra else [])
-    )
-    if problems:
-        raise PackageError(f"{path} fails verification: " + "; ".join(problems))
-    for required in (TFLITE, ORT_MODEL, LABELS):
-        if required not in files:
-            raise PackageError(f"{path}: the manifest does not list {required}")
-    if read_metadata_buffer(files[TFLITE]) is None:
-        raise PackageError(f"{path}: {TFLITE} has no TFLITE_METADATA")
-    try:
-        with zipfile.ZipFile(io.BytesIO(files[TFLITE])) as packed:
-            embedded = packed.read(LABELS)
-    except (zipfile.BadZipFile, KeyError):
-        embedded = None
-    if embedded != files[LABELS]:
-        raise PackageError(f"{path}: {TFLITE} does not carry the package's {LABELS}")
-    result = {"zip": str(path), "files": len(files), "allow_failed": manifest.get("allow_failed")}
-    if run_models:
-        result.update(_run_models(files, manifest))
-    return result
+__all__ = [
+    "LABELS",
+    "PLATFORMS",
+    "SAMPLES",
+    "TFLITE",
+    "PackageResult",
+    "build_files",
+    "choose_onnx",
+    "choose_tflite",
+    "held_tflite",
+    "not_packaged_line",
+    "package_dir",
+    "verify_zip",
+]

@@ -12,6 +12,8 @@ import contextlib
 import io
 import json
 import logging
+import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from onnxruntime.quantization import (
 )
 
 from exporter.common.atomic import atomic_path
+from exporter.errors import DataError
 from exporter.outdir import calibration_cache
 
 __all__ = ["METHODS", "QuantSettings", "calibration_cache", "quantize_onnx"]
@@ -82,7 +85,7 @@ def quantize_onnx(
     """Write a QDQ int8 model. ``calib_inputs`` are needed only when ``cache`` does not exist yet."""
     fresh = not cache.is_file()
     reader = _BatchReader(calib_inputs, input_name) if fresh else None
-    with atomic_path(out_path) as tmp, _quiet():
+    with atomic_path(out_path) as tmp, _quiet(), _calibration_errors(cache):
         quantize_static(
             str(fp32_path),
             str(tmp),
@@ -97,9 +100,50 @@ def quantize_onnx(
             calibration_cache_path=str(cache),
             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
         )
+        if fresh and _non_finite_ranges(cache):
+            # Inf ranges pass ORT's checks and give an int8 model of infinite scales.
+            raise AssertionError("scale issue")
     if fresh and cache.is_file():
         _sort_cache(cache)
     return out_path
+
+
+@contextlib.contextmanager
+def _calibration_errors(cache: Path):
+    """NaN/Inf activations end in ORT's ``scale issue`` assertion, or numpy's histogram refusing
+    a non-finite range (entropy, percentile): one line that says what is wrong instead. numpy's
+    "All-NaN" warning on the way is that same NaN, reported by the error, not printed before it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="All-NaN", category=RuntimeWarning)
+            yield
+    except (AssertionError, ValueError) as exc:
+        if "scale issue" not in str(exc) and "is not finite" not in str(exc):
+            raise
+        bad = _non_finite_ranges(cache)
+        where = f" of {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}" if bad else ""
+        raise DataError(
+            f"int8 calibration: the activation ranges{where} are not finite (NaN or Inf): the "
+            "fp32 model computes NaN/Inf on the calibration images, which int8 cannot represent"
+        ) from None
+
+
+def _non_finite_ranges(cache: Path) -> list[str]:
+    """Names of the tensors whose cached range holds a NaN or Inf (ORT wrote the cache first)."""
+
+    def finite(value) -> bool:
+        if isinstance(value, dict):
+            return all(finite(v) for v in value.values())
+        if isinstance(value, list):
+            return all(finite(v) for v in value)
+        return not isinstance(value, float) or math.isfinite(value)
+
+    try:
+        payload = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return []
+    data = payload.get("data", payload) if isinstance(payload, dict) else {}
+    return sorted(k for k, v in data.items() if isinstance(data, dict) and not finite(v))
 
 
 def _sort_cache(cache: Path) -> None:

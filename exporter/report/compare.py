@@ -21,6 +21,7 @@ from exporter.errors import InputFileError
 from exporter.outdir import REPORT, check_reports, is_check_report
 from exporter.report.html import artifacts_table, is_emulated, scatter_section
 from exporter.report.page import (
+    VERDICT_WORDS,
     Cell,
     artifact_verdict,
     budget_words,
@@ -30,6 +31,7 @@ from exporter.report.page import (
     fmt,
     fmt_ms,
     page,
+    report_verdict,
     table,
 )
 from exporter.report.schema import read_report
@@ -146,9 +148,9 @@ def print_compare(entries: Sequence[Entry], console: Console) -> None:
     if emulated:
         console.print("* emulated wall time (QEMU), not a measurement of the device")
     for e in entries:
-        passed = bool(e.report.get("passed"))
+        state = report_verdict(e.report)
         line = Text(f"{e.label}: ")
-        line.append("PASSED" if passed else "FAILED", style="bold green" if passed else "bold red")
+        line.append(VERDICT_WORDS[state], style=_VERDICT_STYLES[state])
         reasons = "; ".join(e.report.get("reasons") or [])
         console.print(line + Text(f" — {reasons}" if reasons else ""))
 
@@ -182,6 +184,9 @@ def write_compare_html(
     return atomic_write_text(path, render_compare_html(entries), force=force)
 
 
+_VERDICT_STYLES = {"passed": "bold green", "failed": "bold red", "not_meaningful": "bold yellow"}
+
+
 def _verdicts(entries: Sequence[Entry]) -> str:
     rows = []
     for e in entries:
@@ -190,11 +195,8 @@ def _verdicts(entries: Sequence[Entry]) -> str:
         budgets = (r.get("recipe") or {}).get("budgets") or {}
         words = "; ".join(budget_words(n, lim) for n, lim in budgets.items() if lim is not None)
         ref = (r.get("reference") or {}).get("accuracy")
-        tag = (
-            '<span class="tag ok">PASSED</span>'
-            if passed
-            else '<span class="tag bad">FAILED</span>'
-        )
+        state = report_verdict(r)
+        tag = f'<span class="tag {"ok" if passed else "bad"}">{VERDICT_WORDS[state]}</span>'
         rows.append(
             (
                 [

@@ -17,6 +17,7 @@ from pathlib import Path
 from exporter.common.atomic import atomic_write_text
 from exporter.report.page import (
     BUDGET_COLUMN,
+    VERDICT_WORDS,
     Cell,
     artifact_verdict,
     budget_words,
@@ -26,9 +27,11 @@ from exporter.report.page import (
     failed_budgets,
     figure,
     fmt,
+    fmt_acc,
     fmt_ms,
     kv_list,
     page,
+    report_verdict,
     table,
 )
 from exporter.report.plots import Line, Point, scatter_svg, sparsity_svg
@@ -83,6 +86,23 @@ def _header(report: dict) -> str:
         )
     if data.get("eval_note"):
         lines.append(f"eval data: {esc(data['eval_note'])}")
+    norm = data.get("normalization")
+    if norm:
+        values = (
+            f"mean {', '.join(f'{v:.4g}' for v in norm['mean'])}, "
+            f"std {', '.join(f'{v:.4g}' for v in norm['std'])}"
+        )
+        # exporter/inputs/data.py channel_stats names a guess "statistics of <data>".
+        guessed = str(norm.get("source", "")).startswith("statistics of ")
+        lines.append(
+            (
+                '<b class="tag bad">WARNING</b> input normalization guessed: '
+                if guessed
+                else "input normalization: "
+            )
+            + f"{esc(values)} ({esc(norm.get('source'))})"
+            + (" — if the model was trained with another, pass --mean/--std" if guessed else "")
+        )
     if report.get("checked_dir"):
         lines.append(
             f"a re-check of {esc(report['checked_dir'])}: compression and "
@@ -162,14 +182,19 @@ def budget_lines(report: dict) -> list[tuple[str, str]]:
     return out
 
 
+_SUMMARY = {
+    "passed": ("pass", "every validated artifact holds every budget of the recipe"),
+    "failed": ("fail", "at least one budget does not hold, or an artifact could not be validated"),
+    "not_meaningful": (
+        "moot",
+        "no budget failed, but these figures cannot mean anything (see the reasons)",
+    ),
+}
+
+
 def _verdict(report: dict) -> str:
-    passed = bool(report.get("passed"))
-    word = "PASSED" if passed else "FAILED"
-    summary = (
-        "every validated artifact holds every budget of the recipe"
-        if passed
-        else "at least one budget does not hold, or an artifact could not be validated"
-    )
+    state = report_verdict(report)
+    css, summary = _SUMMARY[state]
     items = "".join(f"<li>{markup}</li>" for _, markup in budget_lines(report))
     reasons = report.get("reasons") or []
     why = (
@@ -177,10 +202,16 @@ def _verdict(report: dict) -> str:
         if reasons
         else ""
     )
+    notes = report.get("notes") or []
+    noted = (
+        ("<div><b>Notes</b><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul></div>")
+        if notes
+        else ""
+    )
     return (
-        f'<div class="verdict {"pass" if passed else "fail"}" id="verdict">'
-        f'<span class="word">{word}</span> — {esc(summary)}'
-        f"<ul>{items}</ul>{why}</div>"
+        f'<div class="verdict {css}" id="verdict">'
+        f'<span class="word">{VERDICT_WORDS[state]}</span> — {esc(summary)}'
+        f"<ul>{items}</ul>{why}{noted}</div>"
     )
 
 
@@ -277,7 +308,7 @@ def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell],
         *head[:-1],
         cell(fmt(a.get("bytes"), ","), num=True, bad="bytes" in bad_cols),
         cell(fmt(a.get("gzip_bytes"), ","), num=True),
-        cell(fmt(a.get("accuracy"), ".2f"), num=True),
+        cell(fmt_acc(a.get("accuracy")), num=True),
         cell(fmt(a.get("accuracy_drop"), "+.2f"), num=True, bad="drop" in bad_cols),
         cell(fmt(a.get("agreement"), ".4f"), num=True, bad="agreement" in bad_cols),
         Cell(esc(fmt_ms(lat.get("p50"))) + flag, num=True),
@@ -344,7 +375,7 @@ def _budget_lines(
     lines = []
     for value, labels in seen.items():
         shown = (
-            f"{value:.2f} %"
+            f"{fmt_acc(value)} %"
             if key == "accuracy"
             else f"{value:,.0f} {unit}"
             if key == "max_bytes"

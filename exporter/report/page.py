@@ -21,6 +21,7 @@ h2 { font-size: 17px; margin: 28px 0 8px; padding-bottom: 4px; border-bottom: 1p
 .verdict { border-radius: 8px; padding: 12px 16px; margin: 12px 0 4px; border: 2px solid; }
 .verdict.pass { border-color: var(--ok); background: #e6f4ea; }
 .verdict.fail { border-color: var(--bad); background: #fce8e6; }
+.verdict.moot { border-color: #b06000; background: #fef7e0; } .moot .word { color: #b06000; }
 .verdict .word { font-size: 24px; font-weight: 700; letter-spacing: .04em; }
 .pass .word { color: var(--ok); } .fail .word { color: var(--bad); }
 .verdict ul { margin: 6px 0 0; padding-left: 20px; }
@@ -138,6 +139,12 @@ def fmt(value: object, spec: str, missing: str = "–") -> str:
         return str(value)
 
 
+def fmt_acc(value: object, _pos: object = None) -> str:
+    """An accuracy in percent as every table prints it; the plots' axes use it too, so a tick
+    and a table cell never round the same number differently."""
+    return fmt(value, ".2f")
+
+
 def fmt_ms(value: object) -> str:
     # Latencies span 0.004 ms (digits on x86) to seconds (emulated ARM): 3 significant digits.
     return fmt(value, ".3g")
@@ -168,6 +175,14 @@ def budget_words(name: str, limit: object) -> str:
 
 def failed_budgets(artifact: dict) -> list[str]:
     return [n for n, b in (artifact.get("budgets") or {}).items() if not b.get("ok", True)]
+
+
+VERDICT_WORDS = {"passed": "PASSED", "failed": "FAILED", "not_meaningful": "NOT MEANINGFUL"}
+
+
+def report_verdict(report: dict) -> str:
+    """`passed`, `failed` or `not_meaningful` (reports without `verdict`: from `passed`)."""
+    return report.get("verdict") or ("passed" if report.get("passed") else "failed")
 
 
 def artifact_verdict(artifact: dict) -> tuple[str, str]:

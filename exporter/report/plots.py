@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from exporter.report.page import fmt_acc
+
 # Colour-blind-friendly and distinct in print; cycled when there are more series.
 PALETTE = (
     "#4477aa",
@@ -31,6 +33,10 @@ PALETTE = (
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*", "<", ">")
 BUDGET_COLOUR = "#c0392b"
 FIG_WIDTH_IN = 6.4
+# A budget line at most this many decades beyond the data is drawn (the axis widens to it).
+NEAR_DECADES = 1.0
+# Markers closer than this on the page (in points) hide each other.
+MARKER_PT = 8.0
 # DejaVu Sans ships with matplotlib, so the glyphs (embedded as paths) are the same everywhere.
 _STYLE = {"font.family": "DejaVu Sans", "font.size": 9}
 
@@ -113,12 +119,74 @@ def _figure(height_in: float):
     return Figure(figsize=(FIG_WIDTH_IN, height_in), layout="constrained")
 
 
-def _log_limits(values: Sequence[float], lines: Sequence[Line]) -> tuple[float, float]:
-    allv = [v for v in [*values, *(ln.value for ln in lines)] if v > 0]
+def _log_limits(values: Sequence[float]) -> tuple[float, float]:
+    allv = [v for v in values if v > 0]
     if not allv:  # a log axis cannot show zero; an all-zero plot still renders
         return 0.1, 10.0
     lo, hi = min(allv), max(allv)
     return lo / 1.6, hi * 1.6
+
+
+def place_lines(
+    values: Sequence[float], lines: Sequence[Line]
+) -> tuple[tuple[float, float], list[Line], list[Line]]:
+    """The log axis range, the budget lines drawn in it, and those left off it.
+
+    A budget within NEAR_DECADES of the data widens the axis to show it; one further away
+    (the default 50 MB for a 100 kB model) would squash every point into a sliver, so it is
+    not drawn but named at the edge of the plot it lies beyond.
+    """
+    lo, hi = _log_limits(values)
+    near = 10**NEAR_DECADES
+    shown = [ln for ln in lines if ln.value > 0 and lo / near <= ln.value <= hi * near]
+    off = [ln for ln in lines if ln not in shown]
+    if shown:
+        lo, hi = _log_limits([*values, *(ln.value for ln in shown)])
+    return (lo, hi), shown, off
+
+
+def label_offsets(xy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Where each point's number goes, in points from the marker: markers that overlap
+    (closer than MARKER_PT on the page) get their numbers stacked one above the other."""
+    offsets: list[tuple[float, float]] = []
+    for i, (x, y) in enumerate(xy):
+        below = sum(math.dist((x, y), xy[j]) < MARKER_PT for j in range(i))
+        offsets.append((7.0, 5.0 + 10.0 * below))
+    return offsets
+
+
+def _page_xy(
+    xs: Sequence[float], ys: Sequence[float], xlim: tuple[float, float], ylim: tuple[float, float]
+) -> list[tuple[float, float]]:
+    # Roughly where the axes put each point on the page (in points): log x, linear y.
+    w, h = FIG_WIDTH_IN * 72 * 0.85, 4.6 * 72 * 0.6
+    span_x = math.log10(xlim[1] / xlim[0])
+    return [
+        (
+            w * math.log10(max(x, 1e-30) / xlim[0]) / span_x,
+            h * (y - ylim[0]) / (ylim[1] - ylim[0]),
+        )
+        for x, y in zip(xs, ys, strict=True)
+    ]
+
+
+def _off_scale(ax, off: Sequence[Line], xlim: tuple[float, float]) -> None:
+    for i, ln in enumerate(off):
+        right = ln.value > xlim[1]
+        ax.annotate(
+            f"{ln.label} {'→' if right else '←'} off scale",
+            (1.0 if right else 0.0, 1.0),
+            xycoords="axes fraction",
+            xytext=(-4 if right else 4, -4 - 11 * i),
+            textcoords="offset points",
+            color=BUDGET_COLOUR,
+            fontsize=8,
+            ha="right" if right else "left",
+            va="top",
+            gid=f"offscale-{i}",
+        )
+        if not right:  # every point is beyond a ceiling below the data: shade it all
+            ax.axvspan(*xlim, color=BUDGET_COLOUR, alpha=0.06, zorder=1)
 
 
 def scatter_svg(
@@ -145,24 +213,37 @@ def scatter_svg(
         colour = _indexer([p.colour_key for p in points])
         marker = _indexer([p.marker_key for p in points])
         xs = [p.size if x == "size" else p.latency for p in points]
-        for p, xv in zip(points, xs, strict=True):
+        (x_lo, x_hi), x_shown, x_off = place_lines(xs, x_lines)
+        ys = [p.accuracy for p in points] + [ln.value for ln in accuracy_lines]
+        pad = max(0.5, (max(ys) - min(ys)) * 0.12)
+        y_lo, y_hi = min(ys) - pad, min(100.0 + pad / 4, max(ys) + pad)
+        page_xy = _page_xy(xs, [p.accuracy for p in points], (x_lo, x_hi), (y_lo, y_hi))
+        for i, (p, xv, off) in enumerate(zip(points, xs, label_offsets(page_xy), strict=True)):
+            # A marker drawn over another is smaller, so both stay visible as rings.
+            under = round((off[1] - 5.0) / 10.0)
             ax.scatter(
                 [xv],
                 [p.accuracy],
-                s=70,
-                label=p.label,
+                s=70 / (1 + under),
+                label=f"{i + 1}: {p.label}",
                 alpha=0.85,
                 color=PALETTE[colour(p.colour_key) % len(PALETTE)],
                 marker=MARKERS[marker(p.marker_key) % len(MARKERS)],
                 edgecolors="#222222",
                 linewidths=0.8,
-                zorder=3,
+                zorder=3 + under,
+                gid=f"point-{i + 1}",
+            )
+            ax.annotate(
+                str(i + 1),
+                (xv, p.accuracy),
+                xytext=off,
+                textcoords="offset points",
+                fontsize=7.5,
+                color="#222222",
+                gid=f"label-{i + 1}",
             )
         ax.set_xscale("log")
-        x_lo, x_hi = _log_limits(xs, x_lines)
-        ys = [p.accuracy for p in points] + [ln.value for ln in accuracy_lines]
-        pad = max(0.5, (max(ys) - min(ys)) * 0.12)
-        y_lo, y_hi = min(ys) - pad, min(100.0 + pad / 4, max(ys) + pad)
         for ln in accuracy_lines:
             ax.axhline(ln.value, color=BUDGET_COLOUR, linestyle="--", linewidth=1.2, zorder=2)
             ax.axhspan(y_lo, ln.value, color=BUDGET_COLOUR, alpha=0.06, zorder=1)
@@ -175,7 +256,8 @@ def scatter_svg(
                 fontsize=8,
                 va="bottom",
             )
-        for ln in x_lines:
+        _off_scale(ax, x_off, (x_lo, x_hi))
+        for ln in x_shown:
             ax.axvline(ln.value, color=BUDGET_COLOUR, linestyle=":", linewidth=1.4, zorder=2)
             ax.axvspan(ln.value, x_hi, color=BUDGET_COLOUR, alpha=0.06, zorder=1)
             ax.annotate(
@@ -205,6 +287,7 @@ def scatter_svg(
             kind = "emulated p90 latency" if emulated else "p90 latency"
             ax.set_xlabel(f"{kind} (ms per image, batch 1, log scale)")
         ax.set_ylabel("top-1 accuracy (%)")
+        ax.yaxis.set_major_formatter(FuncFormatter(fmt_acc))
         ax.grid(True, which="major", color="#dddddd", linewidth=0.6, zorder=0)
         ax.legend(
             loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8.5, frameon=False

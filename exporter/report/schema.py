@@ -18,7 +18,10 @@ from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts
 from exporter.common.typed_json import TypedJsonError, doc, from_json, to_json
 from exporter.errors import InputFileError
 
-SCHEMA_VERSION = 2
+# 3: `verdict` (passed / failed / not_meaningful) beside `passed`, which is now false for a run
+# whose verdict cannot mean anything or where an artifact was not validated; `notes`; the
+# eval set's resolution in `reference`; each artifact's sha256.
+SCHEMA_VERSION = 3
 # Keys every report of every version has: without them a JSON file is not a report at all.
 _IDENTIFYING = ("schema_version", "passed", "target", "model", "reference", "artifacts")
 
@@ -40,6 +43,11 @@ class ModelInfo:
     weights: str | None = doc("`--weights`, null when none was given")
     input_shape: list[int] = doc("[C, H, W]")
     classes: list[str] = doc("class names in output order")
+    random_weights: bool = doc(
+        "a built-in architecture validated with its random initial weights (no `--weights`): "
+        "the verdict is `not_meaningful`",
+        default=False,
+    )
 
 
 @dataclass
@@ -81,6 +89,15 @@ class Reference:
     params: int | None = doc("parameters; null when the model entered as ONNX")
     macs: int | None = doc("multiply-accumulates per image; null when the model entered as ONNX")
     samples: int = doc("eval images")
+    points_per_image: float = doc(
+        "100 / samples: what one eval image is worth in accuracy points (the resolution of "
+        "every accuracy figure and of `max_accuracy_drop`)"
+    )
+    eval_classes: int = doc("distinct labels among the eval images")
+    chance_accuracy: float = doc(
+        "percent a model that always answers the most frequent eval label scores; a reference "
+        "not clearly above it makes the verdict `not_meaningful`"
+    )
     note: str | None = doc(
         "checks: when the target's `eval.samples` is smaller than the batch, the accuracy is "
         "recomputed on that subset and this says so",
@@ -118,6 +135,9 @@ class BudgetCheck:
     limit: float = doc("the recipe's limit")
     value: float = doc("the artifact's figure")
     ok: bool = doc("the figure holds the limit (accuracy drops within one eval image of it)")
+    images: int | None = doc(
+        "`max_accuracy_drop` only: the drop counted in eval images (what is judged)", default=None
+    )
 
 
 @dataclass
@@ -183,6 +203,10 @@ class ArtifactRow:
     tensors: list[StoredTensor] | None = doc(
         "sparse storage: how each weight is stored", default=None
     )
+    sha256: str | None = doc(
+        "SHA-256 of the file as written and validated (artifacts.json holds the same)",
+        default=None,
+    )
 
     @property
     def artifact(self) -> Artifact:
@@ -195,6 +219,8 @@ class ArtifactRow:
             tflite=self.tflite,
             int8=self.int8,
             tensors=self.tensors,
+            sha256=self.sha256,
+            bytes=self.bytes,
         )
 
 
@@ -324,11 +350,19 @@ class Report:
     """report.json (of `edgepack run`) and checks/<target>.json (of `edgepack check`)."""
 
     schema_version: int = doc(f"{SCHEMA_VERSION} (this layout)")
-    passed: bool = doc(
-        "every validated artifact holds every budget, and at least one was validated; an "
-        "artifact whose check errored fails the run"
+    passed: bool = doc("`verdict` is `passed`")
+    verdict: Literal["passed", "failed", "not_meaningful"] = doc(
+        "`passed`: every artifact was validated (or skipped because its runtime is not in the "
+        "recipe's `runtime.runtimes`) and holds every budget. `failed`: a budget does not hold, "
+        "or an artifact was not validated (error, runtime missing, no result; `max_bytes` is "
+        "still judged). `not_meaningful`: nothing failed, but the figures cannot mean anything: "
+        "a built-in model's random initial weights, an eval set of one class, or a reference "
+        "accuracy at chance level. Exit code 0 only for `passed`"
     )
-    reasons: list[str] = doc("why `passed` is false, one line each (empty when it passed)")
+    reasons: list[str] = doc(
+        "why `passed` is false, one line each (empty when it passed); lines starting `not "
+        "meaningful:` also appear in a `failed` verdict"
+    )
     target: Target = doc("where it was validated")
     model: ModelInfo = doc("the model")
     data: DataInfo = doc("the data")
@@ -339,6 +373,11 @@ class Report:
     artifacts: list[ArtifactRow] = doc("one row per artifact")
     parity: list[Parity] = doc(
         "every two validated artifacts: how often their top-1 agree (e.g. ONNX vs TFLite int8)",
+        default_factory=list,
+    )
+    notes: list[str] = doc(
+        "what a reader must know that does not decide the verdict: e.g. an accuracy budget "
+        "finer than 3 eval images",
         default_factory=list,
     )
     compression: Compression | None = doc("run reports: the compression stage", default=None)

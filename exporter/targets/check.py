@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -11,12 +10,12 @@ import numpy as np
 
 from exporter import __version__
 from exporter.artifacts import load_index
-from exporter.common.atomic import atomic_path
+from exporter.common.atomic import atomic_path, check_writable
 from exporter.common.progress import make_progress, stderr_console
 from exporter.errors import InputFileError
 from exporter.outdir import EVAL_BATCH, REPORT, check_html, check_report
 from exporter.recipe import load_recipe
-from exporter.report.build import build_report, print_table
+from exporter.report.build import build_report, print_table, reference_for
 from exporter.report.html import render_html
 from exporter.report.schema import Reference, Target, read_report
 from exporter.targets.validate import make_runner, validate
@@ -37,10 +36,11 @@ def _eval_subset(
     path = scratch / EVAL_BATCH
     np.savez(path, **subset)
     acc = float((subset["reference_logits"].argmax(1) == subset["labels"]).mean() * 100.0)
-    return path, dataclasses.replace(
-        reference,
-        accuracy=acc,
-        samples=samples,
+    return path, reference_for(
+        acc,
+        subset["labels"],
+        params=reference.params,
+        macs=reference.macs,
         note=f"{samples} of the {n} eval images (the target's eval.samples); "
         f"the original model's accuracy on all of them was "
         f"{reference.accuracy:.2f} %",
@@ -63,6 +63,9 @@ def check_dir(
         raise InputFileError(f"{out_dir / EVAL_BATCH} is missing: re-run `edgepack run`")
     recipe = load_recipe(target, overrides)
     dest = check_report(out_dir, recipe.name)
+    # Refused before validating, which takes minutes on QEMU or a device; written with the same
+    # rule at the end.
+    check_writable(dest, force)
     runner = make_runner(recipe, host)
     with tempfile.TemporaryDirectory(prefix="edgepack-check-") as scratch:
         batch, reference = _eval_subset(

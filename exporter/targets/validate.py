@@ -76,11 +76,15 @@ def validate(
         progress.update(task, description=f"validate {art.path} ({runner.name})")
         runtime = RUNTIME_OF_FORMAT[art.format]
         if runtime not in rt.runtimes:
+            # The recipe's own choice, so it does not fail the verdict (``excluded``); the size
+            # needs no runtime and is still judged.
             merged["results"].append(
                 {
                     "path": art.path,
                     "status": "skipped",
                     "reason": f"{runtime} is not in the recipe's runtimes",
+                    "excluded": True,
+                    "bytes": (out_dir / art.path).stat().st_size,
                 }
             )
         else:

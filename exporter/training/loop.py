@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from exporter.common.progress import Progress
+from exporter.errors import EdgepackError
 from exporter.models.loading import set_mode
+
+
+class TrainingDivergedError(EdgepackError):
+    """The loss or the weights became NaN/Inf: what training produced is no model."""
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,14 @@ def train(
     after_step: Callable[[], None] | None = None,
     progress: Progress | None = None,
     label: str = "training",
+    lr_option: str = "--lr",
 ) -> list[float]:
-    """Train in place on float32 NCHW ``inputs``; return the mean loss of each epoch."""
+    """Train in place on float32 NCHW ``inputs``; return the mean loss of each epoch.
+
+    A loss or weight that is not finite raises :class:`TrainingDivergedError` (naming
+    ``lr_option``, the setting to lower): NaN weights would otherwise be saved or exported
+    as if they were a model.
+    """
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     x_all = torch.from_numpy(inputs)
@@ -80,6 +91,8 @@ def train(
             if step_hook:
                 step_hook(step, total)
             loss = F.cross_entropy(model(x), y)
+            if not torch.isfinite(loss):
+                raise _non_finite_loss(label, loss.item(), step, epoch, b, cfg, lr_option)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -96,8 +109,32 @@ def train(
                     f"loss {running / (b + 1):.3f}",
                 )
         history.append(running / per_epoch)
+    bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        what = f"weights {', '.join(bad)} became not finite"
+        raise _diverged(label, what, cfg.epochs - 1, per_epoch - 1, cfg, lr_option)
     set_mode(model, training=False)
     return history
+
+
+def _non_finite_loss(
+    label: str, loss: float, step: int, epoch: int, batch: int, cfg: TrainConfig, lr_option: str
+) -> TrainingDivergedError:
+    if step == 0:  # before any update: the model itself computes NaN/Inf, not the optimiser
+        return TrainingDivergedError(
+            f"{label}: the loss is {loss} (not finite) before any update: the model computes "
+            "NaN or Inf on the training images"
+        )
+    return _diverged(label, f"the loss became {loss} (not finite)", epoch, batch, cfg, lr_option)
+
+
+def _diverged(
+    label: str, what: str, epoch: int, batch: int, cfg: TrainConfig, lr_option: str
+) -> TrainingDivergedError:
+    return TrainingDivergedError(
+        f"{label} diverged: {what} at epoch {epoch + 1}, batch {batch + 1}; "
+        f"the learning rate {cfg.lr:g} is too high for this model (lower {lr_option})"
+    )
 
 
 @torch.no_grad()

@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-from exporter.common.atomic import atomic_path, check_writable
+from exporter.common.atomic import atomic_path, check_out_path, check_writable, output_lock
 from exporter.common.progress import make_progress
 from exporter.errors import EdgepackError, ModelLoadError
 from exporter.inputs.data import channel_stats, check_fits
+from exporter.inputs.paths import input_paths
 from exporter.inputs.prepare import build_torch_model, check_model_output, sidecar_path, split_data
 from exporter.recipe import EvalSpec
 from exporter.training.loop import TrainConfig, accuracy, predict, train
@@ -77,6 +78,16 @@ def train_model(opts: TrainOptions) -> TrainResult:
     """Train ``opts.model`` on ``opts.data`` and write its weights and record atomically."""
     out = Path(opts.out)
     record_path = sidecar_path(out)
+    # An output over an input (--out the data file) is refused before any work, and one
+    # process at a time writes these weights.
+    inputs = input_paths(opts.model, opts.data, opts.eval_data)
+    check_out_path(out, inputs)
+    check_out_path(record_path, inputs)
+    with output_lock(out):
+        return _train_model(opts, out, record_path)
+
+
+def _train_model(opts: TrainOptions, out: Path, record_path: Path) -> TrainResult:
     # Refused before any work, so an existing output costs no training time.
     check_writable(out, opts.force)
     check_writable(record_path, opts.force)

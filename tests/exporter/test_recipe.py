@@ -182,3 +182,80 @@ def test_generated_docs_are_current(rel):
     """docs/recipes.md, report_schema.md, report.schema.json, supported_ops.md: as generated."""
     doc = (ROOT / rel).read_text()
     assert doc == GENERATED[rel](), f"{rel} is stale: run `make docs`"
+
+
+# ------------------------------------------- non-finite numbers, --set blame, names vs paths (#14)
+
+
+def _float_keys() -> list[str]:
+    from exporter.recipe import describe_fields
+
+    return [key for key, tname, _, _ in describe_fields() if tname == "float"]
+
+
+def test_every_float_key_is_checked():
+    keys = _float_keys()
+    assert {"compress.prune.sparsity", "eval.holdout", "budgets.max_accuracy_drop"} <= set(keys)
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_floats_are_refused_naming_set_and_key(key, value):
+    with pytest.raises(RecipeError) as err:
+        load_recipe("x86_64", [f"{key}={value}"])
+    assert str(err.value) == f"--set {key}: {float(value)!r} is not a finite number"
+
+
+def test_non_finite_float_in_a_file_names_the_file(tmp_path):
+    p = _write(tmp_path, 'extends = "x86_64"\n[budgets]\nmax_accuracy_drop = nan\n')
+    with pytest.raises(RecipeError, match=r"r.toml:budgets.max_accuracy_drop: nan is not a finite"):
+        load_recipe(str(p))
+
+
+def test_set_mistakes_name_set_not_the_recipe_file():
+    for override, expected in [
+        ("compres.prune.sparsity=0.5", "--set compres: unknown key 'compres' (allowed: "),
+        ("runtime.thread=2", "--set runtime.thread: unknown key 'thread' (allowed: runtimes"),
+        ("runtime.threads=0", "--set runtime.threads: 0 is out of range (must be >= 1)"),
+        ("compress=3", "--set compress: expected a [section], got 3"),
+        ("compress.prune.threshold=0.01", "--set compress.prune: set either sparsity or thres"),
+    ]:
+        with pytest.raises(RecipeError) as err:
+            load_recipe("x86_64", [override])
+        assert str(err.value).startswith(expected), (override, str(err.value))
+        assert "x86_64.toml" not in str(err.value)
+
+
+def test_file_mistakes_still_name_the_file_under_set(tmp_path):
+    p = _write(tmp_path, 'extends = "x86_64"\n[runtime]\nthreads = 0\n')
+    with pytest.raises(RecipeError, match=r"r.toml:runtime.threads: 0 is out of range"):
+        load_recipe(str(p), ["runtime.runs=3"])
+    q = _write(tmp_path, 'extends = "rpi4-qemu"\n', "q.toml")
+    with pytest.raises(RecipeError, match=r"^--set device.cpu: 'max' is refused"):
+        load_recipe(str(q), ["device.cpu=max"])
+
+
+def test_a_bare_name_is_a_builtin_target_whatever_the_cwd_holds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x86_64").mkdir()
+    (tmp_path / "rpi5").write_text("not toml at all [")
+    assert load_recipe("x86_64").source == str(TARGETS_DIR / "x86_64.toml")
+    assert load_recipe("rpi5").source == str(TARGETS_DIR / "rpi5.toml")
+    with pytest.raises(RecipeError, match=r"unknown target 'mine' .*path ending in .toml"):
+        load_recipe("mine")
+
+
+def test_a_path_is_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    _write(tmp_path / "sub", 'extends = "x86_64"\n[runtime]\nthreads = 3\n', "base")
+    # extends by a path without .toml: relative to the file that extends it
+    _write(tmp_path / "sub", 'extends = "./base"\n[runtime]\nruns = 7\n', "child.toml")
+    r = load_recipe("sub/child.toml")
+    assert (r.runtime.threads, r.runtime.runs, r.name) == (3, 7, "child")
+    assert load_recipe("./sub/base").runtime.threads == 3
+    (tmp_path / "x86_64.toml").mkdir()
+    with pytest.raises(RecipeError, match="recipe file x86_64.toml is not a file"):
+        load_recipe("x86_64.toml")
+    with pytest.raises(RecipeError, match="recipe file nope.toml not found"):
+        load_recipe("nope.toml")

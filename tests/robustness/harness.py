@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from exporter.outdir import OUTPUT_MARKER
 from tests.helpers import EDGEPACK, assert_one_line_error, invoke
 from tests.robustness.options import FAST
 
@@ -58,6 +59,8 @@ class Ctx:
         self.out = self.tmp / "out"
         self.out.mkdir()
         (self.out / "keep.txt").write_text("the user's previous run")
+        # An earlier edgepack output (it carries the marker): --force may replace it.
+        (self.out / OUTPUT_MARKER).write_text("{}")
 
     def fixture(self, name: str):
         return self.request.getfixturevalue(name)

@@ -140,10 +140,10 @@ def test_comparator_is_pure_and_judges_each_budget():
     assert not ok and reasons == ["a.onnx: min_agreement 0.97 vs limit 0.98"]
     ok, _ = verdict([res], 75.0, {"max_accuracy_drop": 1.5})
     assert ok
-    ok, reasons = verdict([{"path": "b", "status": "skipped"}], 75.0, {})
+    ok, reasons = verdict([{"path": "b", "status": "skipped", "excluded": True}], 75.0, {})
     assert not ok and reasons == ["no artifact could be validated"]
     ok, reasons = verdict([res, {"path": "c", "status": "error", "reason": "boom"}], 75.0, {})
-    assert not ok and reasons == ["c: boom"]
+    assert not ok and reasons == ["c: not validated (boom)"]
 
 
 def test_ort_reference_matches_runtime(onnx_and_batch):

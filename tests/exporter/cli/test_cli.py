@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from exporter.outdir import OUTPUT_MARKER
 from tests.helpers import assert_one_line_error, invoke, load_npz
 
 FAST = [
@@ -288,6 +289,8 @@ def test_existing_out_needs_force(trained, tmp_path):
     res = invoke("run", "--model", "seed-cnn", "--weights", trained, "--out", out, *FAST)
     assert_one_line_error(res, "already exists (use --force")
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only a directory edgepack wrote (it carries the marker).
+    (out / OUTPUT_MARKER).write_text("{}")
     res = invoke(
         "run",
         "--model",

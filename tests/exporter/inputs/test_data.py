@@ -134,3 +134,177 @@ def test_check_fits(tiny_npz):
         check_fits(ds, (1, 12, 10), 3)
     with pytest.raises(DataError, match="label 2 is outside the model's 2 classes"):
         check_fits(ds, (3, 12, 10), 2)
+
+
+# ---------------------------------------------------------------- accepted pixel types (#14)
+
+
+def _npz(tmp_path, images, labels=None, **extra):
+    path = tmp_path / "d.npz"
+    labels = np.arange(len(images)) % 2 if labels is None else labels
+    np.savez(path, images=images, labels=labels, **extra)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint16, np.int16, np.float32, np.float64])
+def test_npz_pixels_within_0_255_convert_exactly(tmp_path, dtype):
+    pixels = np.arange(256, dtype=np.int64).reshape(4, 8, 8, 1)
+    ds = load_data(_npz(tmp_path, pixels.astype(dtype)))
+    assert ds.images.dtype == np.uint8
+    assert np.array_equal(ds.images.astype(np.int64), pixels)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.linspace(0, 1, 4 * 64, dtype=np.float32), r"float32 in \[0, 1\]: a 0..1 scale"),
+        (np.zeros(4 * 64, np.float64), r"float64 in \[0, 0\]: a 0..1 scale"),
+        (np.linspace(0, 200, 4 * 64) + 0.25, r"float64 in \[0.25, 200.25\] with fractional"),
+        (np.arange(4 * 64, dtype=np.uint16) * 200, r"uint8 pixels 0..255 \(got uint16 in \[0, "),
+        (np.arange(4 * 64, dtype=np.int32) - 1, r"got int32 in \[-1, 254\]"),
+        (np.ones(4 * 64, bool), "images are bool"),
+    ],
+)
+def test_npz_pixels_that_would_need_a_guess_are_refused(tmp_path, images, match):
+    with pytest.raises(DataError, match=match) as err:
+        load_data(_npz(tmp_path, images.reshape(4, 8, 8, 1)))
+    assert "d.npz" in str(err.value)
+
+
+def test_npz_string_labels_are_class_names(tmp_path):
+    images = np.zeros((5, 4, 4, 1), np.uint8)
+    labels = np.array(["dog", "cat", "emu", "cat", "dog"])
+    ds = load_data(_npz(tmp_path, images, labels))
+    assert ds.classes == ("cat", "dog", "emu") and ds.named_classes  # sorted, like imagefolder
+    assert ds.labels.tolist() == [1, 0, 2, 0, 1]
+    # With a `classes` array, its order is the class index.
+    ds = load_data(_npz(tmp_path, images, labels, classes=np.array(["emu", "dog", "cat"])))
+    assert ds.labels.tolist() == [1, 2, 0, 2, 1]
+    ds = load_data(_npz(tmp_path, images, labels.astype("S")))
+    assert ds.labels.tolist() == [1, 0, 2, 0, 1]
+    with pytest.raises(DataError, match=r"label 'emu' is not in classes \[cat, dog\]"):
+        load_data(_npz(tmp_path, images, labels, classes=np.array(["cat", "dog"])))
+
+
+@pytest.mark.parametrize(
+    "labels, extra, match",
+    [
+        (np.array([0.0, 1.5, 1, 0]), {}, r"labels must be integers \(got float64"),
+        (np.array([True, False, True, False]), {}, "integers or class-name strings, got bool"),
+        (np.array([0, 3, 1, 0]), {"classes": np.array(["a", "b"])}, r"label 3 but only 2 class"),
+        (np.array([0, 1, 1, 0]), {"classes": np.array(["a", "a"])}, "class name.* a given more"),
+    ],
+)
+def test_npz_bad_labels_are_named(tmp_path, labels, extra, match):
+    with pytest.raises(DataError, match=match):
+        load_data(_npz(tmp_path, np.zeros((4, 4, 4, 1), np.uint8), labels, **extra))
+
+
+def test_npz_without_classes_is_matched_by_index(tmp_path):
+    ds = load_data(_npz(tmp_path, np.zeros((4, 4, 4, 1), np.uint8), np.array([0, 1, 2, 1])))
+    assert not ds.named_classes and ds.classes == ("0", "1", "2")
+    # Integer labels may leave a model's last classes without images; named classes may not.
+    check_fits(ds, (1, 4, 4), 10)
+    named = load_data(_npz(tmp_path, np.zeros((4, 4, 4, 1), np.uint8), np.array(["a", "b"] * 2)))
+    with pytest.raises(DataError, match=r"outputs 10 class scores but .* 2 classes \[a, b\]"):
+        check_fits(named, (1, 4, 4), 10)
+
+
+# ------------------------------------------------------- imagefolder modes, from the whole folder
+
+
+def _png16(path, width: int, height: int, colour_type: int, raw_rows: bytes) -> None:
+    """A 16-bit PNG written by hand: PIL cannot write 16-bit RGB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw_rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _two_classes(tmp_path):
+    root = tmp_path / "f"
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    return root
+
+
+def test_imagefolder_gray_first_then_colour_is_rgb_losslessly(tmp_path):
+    root = _two_classes(tmp_path)
+    gray = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    colour = np.random.default_rng(0).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(root / "a" / "0.png")  # sorted first
+    Image.fromarray(colour, "RGB").save(root / "b" / "0.png")
+    rgba = np.dstack([colour, np.full((5, 6), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(root / "b" / "1.png")  # opaque: alpha dropped
+    Image.fromarray(gray > 10).save(root / "a" / "2.png")  # 1-bit
+    ds = load_data(f"imagefolder:{root}")
+    assert ds.images.shape == (4, 5, 6, 3)
+    assert all(np.array_equal(ds.images[0][..., c], gray) for c in range(3))
+    assert all(np.array_equal(ds.images[1][..., c], (gray > 10) * 255) for c in range(3))
+    assert np.array_equal(ds.images[2], colour) and np.array_equal(ds.images[3], colour)
+
+
+def test_imagefolder_all_gray_stays_one_channel(tmp_path):
+    root = _two_classes(tmp_path)
+    gray = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    Image.fromarray(gray, "L").save(root / "a" / "0.png")
+    Image.fromarray(np.dstack([gray, np.full_like(gray, 255)]), "LA").save(root / "b" / "0.png")
+    palette = Image.fromarray(gray, "L").convert("P")
+    palette.save(root / "b" / "1.png")
+    ds = load_data(f"imagefolder:{root}")
+    # A palette image is colour to PIL: the folder becomes RGB, the pixels exact.
+    assert ds.images.shape == (3, 5, 6, 3)
+    for i in range(3):
+        assert all(np.array_equal(ds.images[i][..., c], gray) for c in range(3))
+    (root / "b" / "1.png").unlink()
+    ds = load_data(f"imagefolder:{root}")
+    assert ds.images.shape == (2, 5, 6, 1) and np.array_equal(ds.images[1, ..., 0], gray)
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (
+            lambda p: Image.fromarray(np.full((5, 6), 40000, np.uint16)).save(p),
+            r"x.png: a 16-bit or wider image \(mode I;16\)",
+        ),
+        (
+            lambda p: _png16(p, 6, 5, 2, (b"\0" + b"\x9c\x40" * 18) * 5),
+            r"x.png: a 16-bit or wider image \(mode RGB\)",
+        ),
+        (
+            lambda p: Image.fromarray(
+                np.dstack([np.zeros((5, 6, 3), np.uint8), np.full((5, 6), 254, np.uint8)]), "RGBA"
+            ).save(p),
+            r"x.png: RGBA image with transparent pixels \(alpha down to 254\)",
+        ),
+        (
+            lambda p: Image.fromarray(np.zeros((5, 6), np.float32), "F").save(
+                p.with_suffix(".tif")
+            ),
+            r"x.tif: a 16-bit or wider image \(mode F\)",
+        ),
+        (
+            lambda p: Image.new("CMYK", (6, 5)).save(p.with_suffix(".jpg")),
+            r"x.jpg: mode CMYK images are not read",
+        ),
+    ],
+)
+def test_imagefolder_lossy_images_are_refused_by_name(tmp_path, write, match):
+    root = _two_classes(tmp_path)
+    for cls in ("a", "b"):
+        Image.fromarray(np.zeros((5, 6), np.uint8)).save(root / cls / "0.png")
+    write(root / "b" / "x.png")
+    with pytest.raises(DataError, match=match):
+        load_data(f"imagefolder:{root}")

@@ -128,6 +128,32 @@ def test_verify_passes_on_fresh_package(run_dir):
     res = invoke("package", "--verify", run_dir / "small-android.zip")
     assert res.exit_code == 0, res.output
     assert "7 files match" in res.output and "16 input(s)" in res.output
+    assert "answers as recorded" in res.output
+
+
+def test_manifest_records_the_models_answers(run_dir):
+    """The `expected` block holds what the packaged models answer on the packaged images,
+    recomputed here with LiteRT and ONNX Runtime directly."""
+    pkg = run_dir / "package" / "android"
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    exp = manifest["expected"]
+    samples = load_npz(pkg / "sample_inputs.npz")
+    x = samples["inputs"]
+    inp = Interpreter(model_content=(pkg / "model.tflite").read_bytes()).get_input_details()[0]
+    scale, zp = inp["quantization"]
+    xt = x.transpose(0, 2, 3, 1)
+    if inp["dtype"] != np.float32:
+        info = np.iinfo(inp["dtype"])
+        xt = np.clip(np.round(xt / scale + zp), info.min, info.max).astype(inp["dtype"])
+    tfl = _litert((pkg / "model.tflite").read_bytes(), xt)
+    sess = ort.InferenceSession((pkg / "model.ort").read_bytes())
+    orl = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert (exp["inputs"], exp["samples"]) == ("sample_inputs.npz", 16)
+    assert exp["models"]["model.tflite"]["top1"] == tfl.argmax(1).tolist()
+    assert exp["models"]["model.ort"]["top1"] == orl.argmax(1).tolist()
+    assert exp["agreement"] == pytest.approx(float((tfl.argmax(1) == orl.argmax(1)).mean()))
+    acc = float((orl.argmax(1) == samples["labels"]).mean() * 100)
+    assert exp["models"]["model.ort"]["accuracy"] == pytest.approx(acc)
 
 
 def _flip(data: bytes, at: int) -> bytes:
@@ -292,21 +318,72 @@ def test_no_report(tmp_path):
     assert not (tmp_path / "x" / "package").exists()
 
 
-def test_failed_validation_refused_then_allowed(copy_dir):
+def _fail_int8_tflite(r):
+    for row in r["artifacts"]:
+        if row["path"] == "model.int8.tflite":
+            row["budgets"]["max_latency_p90_ms"] = {"limit": 1.0, "value": 9.0, "ok": False}
+    r["passed"] = False
+    r["reasons"] = ["model.int8.tflite: max_latency_p90_ms 9.0 vs limit 1"]
+
+
+def test_failed_run_ships_only_what_held_unless_named(copy_dir):
+    """A run whose int8 TFLite missed a budget: refused, naming the fp32 one that held; the fp32
+    one ships when named (or with --allow-failed, which still prefers it); the failing int8 one
+    only when named and allowed, marked allow_failed."""
     d = copy_dir("failed")
+    edit_report(d, _fail_int8_tflite)
+    line = assert_one_line_error(invoke("package", d), "failed validation", "--allow-failed")
+    assert "model.fp32.tflite" in line and "model.int8.tflite: max_latency" in line
+    assert not (d / "package").exists() and not (d / "failed-android.zip").exists()
+    res = invoke("package", d, "--artifact", "model.int8.tflite")
+    assert_one_line_error(res, "model.int8.tflite did not hold its budgets", "--allow-failed")
+
+    def shipped(*args):
+        res = invoke("package", d, "--force", "-q", *args)
+        assert res.exit_code == 0, res.output
+        pkg = d / "package" / "android"
+        manifest = json.loads((pkg / "manifest.json").read_text())
+        assert manifest["validation"]["passed"] is False
+        assert invoke("package", "--verify", d / "failed-android.zip").exit_code == 0
+        usage = (pkg / "USAGE.md").read_text()
+        return manifest["models"]["model.tflite"]["source"], manifest["allow_failed"], usage
+
+    src, failing, usage = shipped("--artifact", "model.fp32.tflite")
+    assert (src, failing) == ("model.fp32.tflite", False)
+    assert "the shipped models held every budget" in usage
+    # --allow-failed permits a failing artifact but still ships one that held (int8 first).
+    src, failing, _ = shipped("--allow-failed")
+    assert src != "model.int8.tflite" and failing is False
+    src, failing, usage = shipped("--artifact", "model.int8.tflite", "--allow-failed")
+    assert (src, failing) == ("model.int8.tflite", True)
+    assert "FAILED (packaged with --allow-failed)" in usage
+
+
+def test_run_level_failure_needs_allow_failed(copy_dir):
+    """A reason no artifact caused (the run as a whole cannot be trusted): nothing ships
+    without --allow-failed, even an artifact that held its budgets."""
+    d = copy_dir("unmeaning")
 
     def fail(r):
         r["passed"] = False
-        r["reasons"] = ["model.fp32.tflite: max_latency_p90_ms 9.0 > 1.0"]
+        r["reasons"] = ["the model has random weights: the verdict is not meaningful"]
 
     edit_report(d, fail)
-    assert_one_line_error(invoke("package", d), "failed validation", "--allow-failed")
-    assert not (d / "package").exists() and not (d / "failed-android.zip").exists()
+    res = invoke("package", d, "--artifact", "model.fp32.tflite")
+    assert_one_line_error(res, "random weights", "--allow-failed")
     res = invoke("package", d, "--allow-failed", "-q")
     assert res.exit_code == 0, res.output
     manifest = json.loads((d / "package" / "android" / "manifest.json").read_text())
-    assert manifest["allow_failed"] is True and manifest["validation"]["passed"] is False
-    assert "FAILED" in (d / "package" / "android" / "USAGE.md").read_text()
+    assert manifest["allow_failed"] is True
+
+
+def test_changed_artifact_is_not_packaged(copy_dir):
+    """artifacts.json records what `edgepack run` validated: a file copied over it is refused."""
+    d = copy_dir("swapped")
+    shutil.copy(d / "model.fp32.tflite", d / "model.int8.tflite")
+    res = invoke("package", d)
+    assert_one_line_error(res, "model.int8.tflite", "artifacts.json")
+    assert not (d / "package").exists()
 
 
 def test_missing_classes(copy_dir):

@@ -59,8 +59,9 @@ def _artifact(
 def full_report() -> dict:
     """A passing run with every section: compression, quantization with a divergence."""
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "passed": True,
+        "verdict": "passed",
         "reasons": [],
         "target": {
             "name": "x86_64",
@@ -101,7 +102,15 @@ def full_report() -> dict:
             "features": ["avx2", "avx512_vnni"],
         },
         "runtimes": {"onnxruntime": "1.0", "ai-edge-litert": "2.0"},
-        "reference": {"accuracy": 90.0, "params": 1000, "macs": 5000, "samples": 100},
+        "reference": {
+            "accuracy": 90.0,
+            "params": 1000,
+            "macs": 5000,
+            "samples": 100,
+            "points_per_image": 1.0,
+            "eval_classes": 10,
+            "chance_accuracy": 10.0,
+        },
         "compression": {
             "method": "gradual magnitude + fine-tune",
             "target_sparsity": 0.75,
@@ -177,6 +186,7 @@ def failing_report() -> dict:
     (no compression layers), no int8, emulated latency with instruction counts."""
     rep = full_report()
     rep["passed"] = False
+    rep["verdict"] = "failed"
     rep["model"]["spec"] = "/models/<evil>&co.onnx"
     rep["compression"] = {"method": "skipped: the model entered as ONNX"}
     rep.pop("quantization")
@@ -223,7 +233,8 @@ def failing_report() -> dict:
     rep["reasons"] = [
         "model.fp32.onnx: max_accuracy_drop 10 vs limit 1.5",
         "model.fp32.onnx: max_bytes 2e+06 vs limit 1e+06",
-        "model.fp32.sparse.onnx: runner crashed: <segfault> [exit 139]",
+        "model.fp32.tflite: not validated (ai-edge-litert is not installed)",
+        "model.fp32.sparse.onnx: not validated (runner crashed: <segfault> [exit 139])",
     ]
     return rep
 

@@ -206,6 +206,7 @@ def test_missing_sysroot_is_one_line(out_dir, tmp_path):
         out_dir,
         "--target",
         "rpi4-qemu",
+        "--force",  # the session's earlier checks wrote checks/rpi4-qemu.json
         "-q",
         env={"EDGEPACK_CACHE": str(tmp_path / "empty")},
     )
@@ -223,6 +224,7 @@ def test_corrupt_sysroot_offers_force(out_dir, tmp_path):
         out_dir,
         "--target",
         "rpi5-qemu",
+        "--force",  # the session's earlier checks wrote checks/rpi5-qemu.json
         "-q",
         env={"EDGEPACK_CACHE": str(tmp_path / "cache")},
     )
