@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, invoke
 
 
 @pytest.fixture
@@ -92,3 +92,17 @@ def sshd(tmp_path_factory):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def digits_seed(tmp_path_factory) -> Path:
+    """The seed CNN trained 4 epochs on digits through the CLI, as a user would: the weights
+    and the record `edgepack train` writes beside them. Read-only for the tests that share it."""
+    tmp = tmp_path_factory.mktemp("digits-seed")
+    res = invoke(
+        "train", "--model", "seed-cnn", "--data", "digits", "--epochs", "4", "--out",
+        tmp / "seed.pt", "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
+    return tmp / "seed.pt"

@@ -15,23 +15,9 @@ from tests.robustness.options import FAST, FP32_ONLY
 
 
 @pytest.fixture(scope="session")
-def seed_weights(tmp_path_factory) -> Path:
-    """The seed CNN trained 2 epochs on digits (weights + the normalization sidecar)."""
-    tmp = tmp_path_factory.mktemp("robust-seed")
-    res = invoke(
-        "train",
-        "--model",
-        "seed-cnn",
-        "--data",
-        "digits",
-        "--epochs",
-        "2",
-        "--out",
-        tmp / "seed.pt",
-        "-q",
-    )
-    assert res.exit_code == 0, res.output
-    return tmp / "seed.pt"
+def seed_weights(digits_seed) -> Path:
+    """The seed CNN trained on digits (weights + the normalization sidecar)."""
+    return digits_seed
 
 
 @pytest.fixture(scope="session")

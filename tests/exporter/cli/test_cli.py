@@ -21,25 +21,9 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The seed CNN trained on a few digits epochs through the CLI, as a user would."""
-    tmp = tmp_path_factory.mktemp("cli")
-    res = invoke(
-        "train",
-        "--model",
-        "seed-cnn",
-        "--data",
-        "digits",
-        "--epochs",
-        "4",
-        "--out",
-        tmp / "seed.pt",
-        "-q",
-    )
-    assert res.exit_code == 0, res.output
-    assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
-    return tmp / "seed.pt"
+@pytest.fixture
+def trained(digits_seed):
+    return digits_seed
 
 
 def no_leftovers(parent: Path, out: Path):

@@ -37,24 +37,11 @@ WINDOW = (1280, 2400)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
+def run(tmp_path_factory, digits_seed) -> dict:
     """A trained seed CNN on digits, run and then checked through the CLI."""
     tmp = tmp_path_factory.mktemp("browser")
-    res = invoke(
-        "train",
-        "--model",
-        "seed-cnn",
-        "--data",
-        "digits",
-        "--epochs",
-        "3",
-        "--out",
-        tmp / "seed.pt",
-        "-q",
-    )
-    assert res.exit_code == 0, res.output
     out = tmp / "out"
-    res = invoke("run", "--model", "seed-cnn", "--weights", tmp / "seed.pt", "--out", out, *FAST)
+    res = invoke("run", "--model", "seed-cnn", "--weights", digits_seed, "--out", out, *FAST)
     assert res.exit_code in (0, 1), res.output  # a budget may fail; the report is written
     check = invoke(
         "check",

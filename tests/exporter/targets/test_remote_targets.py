@@ -28,28 +28,15 @@ FAST = ["--set", "runtime.runs=10", "--set", "runtime.warmup=1"]
 
 
 @pytest.fixture(scope="module")
-def out_dir(tmp_path_factory) -> Path:
+def out_dir(tmp_path_factory, digits_seed) -> Path:
     """A trained seed CNN on digits exported to ONNX and TFLite, fp32 and int8."""
     tmp = tmp_path_factory.mktemp("remote")
-    res = invoke(
-        "train",
-        "--model",
-        "seed-cnn",
-        "--data",
-        "digits",
-        "--epochs",
-        "4",
-        "--out",
-        tmp / "seed.pt",
-        "-q",
-    )
-    assert res.exit_code == 0, res.output
     res = invoke(
         "run",
         "--model",
         "seed-cnn",
         "--weights",
-        tmp / "seed.pt",
+        digits_seed,
         "--data",
         "digits",
         "--out",
