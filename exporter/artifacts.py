@@ -81,7 +81,7 @@ class Artifact:
 
     path: str = doc("file name inside the output directory")
     format: Literal["onnx", "tflite"] = doc("artifact format")
-    precision: str = doc("`fp32` or `int8`")
+    precision: str = doc("`fp32`, `fp16`, `dynamic`, `int8` or `int16x8`")
     storage: str = doc("`dense` or `sparse` (sparse weight storage, kept only where smaller)")
     tflite: TfliteFacts | None = doc("TFLite artifacts: what the writer emitted", default=None)
     int8: Int8Facts | None = doc("int8 artifacts: how they were quantized", default=None)

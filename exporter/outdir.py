@@ -40,6 +40,7 @@ ONNX_FP32 = "model.fp32.onnx"
 ONNX_INT8 = "model.int8.onnx"
 TFLITE_FP32 = "model.fp32.tflite"
 TFLITE_INT8 = "model.int8.tflite"
+ONNX_INT16X8 = "model.int16x8.onnx"
 # Written only when model.int8.onnx has 7-bit weights: TFLite's int8 kernels take 8 bits on
 # every CPU, so the int8 TFLite model is converted from this twin (same calibration ranges).
 ONNX_INT8_PORTABLE = "model.int8.portable.onnx"

@@ -12,6 +12,7 @@ File names come from exporter.outdir.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,13 +22,9 @@ from torch import nn
 
 from exporter import __version__
 from exporter.artifacts import Artifact, Int8Facts, StoredTensor, TfliteFacts, save_index
-from exporter.common.atomic import (
-    Marker,
-    atomic_dir,
-    check_out_path,
-    check_replaceable,
-    output_lock,
-)
+from exporter.common.atomic import Marker, atomic_dir, check_replaceable
+from exporter.common.out_path import check_out_path
+from exporter.common.output_lock import output_lock
 from exporter.common.progress import Progress, make_progress, stderr_console
 from exporter.common.typed_json import from_json, to_json
 from exporter.compress import compress
@@ -50,20 +47,24 @@ from exporter.onnx.export import (
     onnx_input_shape,
     onnx_logits,
 )
+from exporter.onnx.precision import float16_onnx
 from exporter.onnx.sparse import sparsify_onnx
 from exporter.outdir import (
     EVAL_BATCH,
     ONNX_FP32,
     ONNX_INT8,
+    ONNX_INT16X8,
     OUTPUT_MARKER,
     QAT_DIR,
     REPORT,
     REPORT_HTML,
     TFLITE_FP32,
     TFLITE_INT8,
+    artifact_name,
     sparse_name,
 )
 from exporter.quantize import QuantOutcome, quantize_stage
+from exporter.quantize.dynamic import dynamic_onnx
 from exporter.quantize.qat import qat_finetune
 from exporter.recipe import Recipe, load_recipe
 from exporter.report.build import build_report, print_table, reference_for
@@ -174,19 +175,21 @@ def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]
     )
 
 
-def _quantize(tmp: Path, recipe: Recipe, splits, norm) -> QuantOutcome:
-    """Calibrate on training images and search for an int8 model within quantize.max_drop."""
+def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8") -> QuantOutcome:
+    """Calibrate on training images and search for an int8 model (16x8 with
+    ``activations="int16"``) within quantize.max_drop."""
     q = recipe.quantize
     calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
     outcome = quantize_stage(
         tmp / ONNX_FP32,
-        tmp / ONNX_INT8,
+        tmp / (ONNX_INT16X8 if activations == "int16" else ONNX_INT8),
         q,
         calib_x=calib_x,
         tune_x=tune_x,
         tune_y=tune_y,
         device_kind=recipe.device.kind,
         cpu=describe_cpu(),
+        activations=activations,
     )
     outcome.calibration_note = (
         f"{len(calib_x)} training images"
@@ -286,7 +289,9 @@ def _convert(tmp: Path, job: _TfliteJob, recipe: Recipe) -> tuple[Artifact, Arti
     storage for ``runtime.delegate``)."""
     from exporter.tflite import convert_onnx_file
 
-    sparse_path = tmp / sparse_name(job.name) if "sparse" in recipe.export.storage else None
+    # Sparse storage is decided per fp32 / int8 weight encoding; the other precisions are dense.
+    sparse = "sparse" in recipe.export.storage and job.precision in ("fp32", "int8")
+    sparse_path = tmp / sparse_name(job.name) if sparse else None
     res = convert_onnx_file(
         job.source,
         tmp / job.name,
@@ -337,6 +342,59 @@ def _sparse_onnx_copies(tmp: Path, artifacts: list[Artifact]) -> list[Artifact]:
         else:
             (tmp / name).unlink(missing_ok=True)
     return out
+
+
+def _weight_only(tmp: Path, recipe: Recipe, progress: Progress) -> list[Artifact]:
+    """fp16 and dynamic-range int8, where the recipe asks: weight-only precisions made from
+    model.fp32.onnx, with no calibration data."""
+    artifacts: list[Artifact] = []
+    for precision, onnx_writer in (("fp16", float16_onnx), ("dynamic", dynamic_onnx)):
+        if precision not in recipe.export.precisions:
+            continue
+        task = progress.add_task(f"export {precision}", total=1)
+        if "onnx" in recipe.export.formats:
+            name = artifact_name(precision, "onnx")
+            onnx_writer(tmp / ONNX_FP32, tmp / name)
+            artifacts.append(Artifact(name, "onnx", precision, "dense"))
+        if "tflite" in recipe.export.formats:
+            job = _TfliteJob(
+                tmp / ONNX_FP32,
+                artifact_name(precision, "tflite"),
+                precision,
+                {"precision": precision},
+            )
+            artifacts.append(_convert(tmp, job, recipe)[0])
+        progress.update(task, advance=1)
+    return artifacts
+
+
+def _int16x8(
+    tmp: Path, recipe: Recipe, splits, norm, progress: Progress
+) -> tuple[list[Artifact], QuantOutcome | None]:
+    """16x8 where the recipe asks: the int8 search with int16 activations (same calibration
+    ranges, sensitivity table and float fallbacks), then its TFLite lowering."""
+    if "int16x8" not in recipe.export.precisions:
+        return [], None
+    task = progress.add_task("quantize int16x8", total=1)
+    outcome = _quantize(tmp, recipe, splits, norm, activations="int16")
+    facts = Int8Facts(
+        calibration=outcome.settings.method,
+        reduce_range=False,
+        float_layers=list(outcome.settings.float_nodes),
+    )
+    artifacts = []
+    if "onnx" in recipe.export.formats:
+        artifacts.append(Artifact(ONNX_INT16X8, "onnx", "int16x8", "dense", int8=facts))
+    if "tflite" in recipe.export.formats:
+        job = _TfliteJob(
+            outcome.onnx_path,
+            artifact_name("int16x8", "tflite"),
+            "int16x8",
+            int8=dataclasses.replace(facts, qdq_source=outcome.onnx_path.name),
+        )
+        artifacts.append(_convert(tmp, job, recipe)[0])
+    progress.update(task, advance=1)
+    return artifacts, outcome
 
 
 def _int8_job(tmp: Path, recipe: Recipe, outcome: QuantOutcome, norm) -> _TfliteJob:
@@ -453,6 +511,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             artifacts.append(dense)
             sparse_tflite += [sparse] if sparse else []
             progress.update(task, advance=1)
+        artifacts.extend(_weight_only(tmp, recipe, progress))
         if "int8" in recipe.export.precisions:
             task = progress.add_task("quantize int8", total=1)
             outcome = _quantize(tmp, recipe, splits, norm)
@@ -478,6 +537,10 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 artifacts.append(dense)
                 sparse_tflite += [sparse] if sparse else []
                 progress.update(task, advance=1)
+        wide, wide_outcome = _int16x8(tmp, recipe, splits, norm, progress)
+        artifacts.extend(wide)
+        if quantization is None and wide_outcome is not None:
+            quantization = from_json(Quantization, wide_outcome.section(), "quantization")
         if "sparse" in recipe.export.storage:
             artifacts.extend(_sparse_onnx_copies(tmp, artifacts))
         artifacts.extend(sparse_tflite)

@@ -66,8 +66,9 @@ def _spec(
 class DeviceSpec:
     kind: str = _spec(
         "local",
-        choices=("local", "qemu", "ssh"),
-        doc="where artifacts run: this machine, ARM64 under QEMU, or a host over SSH",
+        choices=("local", "qemu", "ssh", "tflm"),
+        doc="where artifacts run: this machine, ARM64 under QEMU, a host over SSH, or "
+        "TensorFlow Lite Micro's kernels on this machine (microcontroller targets)",
     )
     cpu: str | None = _spec(
         None,
@@ -94,8 +95,9 @@ class DeviceSpec:
 class RuntimeSpec:
     runtimes: list[str] = _spec(
         ["onnxruntime", "litert"],
-        choices=("onnxruntime", "litert"),
-        doc="runtimes used to validate artifacts",
+        choices=("onnxruntime", "litert", "tflm"),
+        doc="runtimes used to validate artifacts (tflm: TensorFlow Lite Micro, for "
+        "device.kind = tflm only)",
     )
     threads: int = _spec(1, lo=1, hi=256, doc="intra-op threads for every runtime")
     warmup: int = _spec(10, lo=0, hi=100000, doc="untimed runs before latency is measured")
@@ -105,6 +107,10 @@ class RuntimeSpec:
         choices=("xnnpack", "none"),
         doc="LiteRT: default XNNPACK delegate, or builtin kernels only",
     )
+
+
+#: Every precision ``export.precisions`` may name, in the order artifacts are written.
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8")
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,13 @@ class ExportSpec:
         doc="TFLite input layout (nchw adds one boundary TRANSPOSE)",
     )
     precisions: list[str] = _spec(
-        ["fp32"], choices=("fp32", "int8"), doc="precisions to write for every format"
+        ["fp32"],
+        choices=PRECISIONS,
+        doc="precisions to write for every format: fp32 (the reference); fp16 (float16 "
+        "weights, half the size, no calibration: phone GPUs); dynamic (int8 weights, float "
+        "activations, no calibration data: 4x smaller, CPU); int8 (calibrated full integer: "
+        "smallest and fastest on CPUs and NPUs); int16x8 (int16 activations, int8 weights: "
+        "when int8 activations cost accuracy)",
     )
     storage: list[str] = _spec(
         ["dense"],
@@ -290,6 +302,18 @@ class BudgetSpec:
     )
     max_latency_p90_ms: float | None = _spec(None, lo=0.0, lo_open=True, doc="p90 batch-1 latency")
     max_bytes: int | None = _spec(None, lo=1, doc="artifact file size")
+    max_arena_bytes: int | None = _spec(
+        None,
+        lo=1,
+        doc="tflm targets: the smallest tensor arena the model runs in (the RAM TFLM needs "
+        "besides the application's)",
+    )
+    max_flash_bytes: int | None = _spec(
+        None,
+        lo=1,
+        doc="tflm targets: the model's bytes in flash (code size of TFLM and the application "
+        "not included)",
+    )
 
 
 @dataclass(frozen=True)
@@ -500,10 +524,58 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     return dataclasses.replace(recipe, name=path.stem, source=str(path))
 
 
+def _check_tflm(recipe: Recipe, blame: Callable[[str], str]) -> None:
+    """A microcontroller runs one full-int8 .tflite from flash: TFLM has no ONNX runtime, reads
+    no sparse tensors, and the boards' kernel builds (CMSIS-NN, ESP-NN) are int8 only."""
+    dev_tflm = recipe.device.kind == "tflm"
+    uses_tflm = "tflm" in recipe.runtime.runtimes
+    if not dev_tflm:
+        if uses_tflm:
+            raise RecipeError(
+                f"{blame('runtime.runtimes')}: tflm validates device.kind = 'tflm' targets only"
+            )
+        for key in ("max_arena_bytes", "max_flash_bytes"):
+            if getattr(recipe.budgets, key) is not None:
+                raise RecipeError(
+                    f"{blame('budgets.' + key)}: only a device.kind = 'tflm' target measures it"
+                )
+        return
+    rules = [
+        ("runtime.runtimes", recipe.runtime.runtimes == ["tflm"], 'must be ["tflm"]'),
+        ("export.formats", recipe.export.formats == ["tflite"], 'must be ["tflite"]'),
+        (
+            "export.precisions",
+            recipe.export.precisions == ["int8"],
+            'must be ["int8"]: the boards\' TFLM kernels are int8',
+        ),
+        (
+            "export.storage",
+            "sparse" not in recipe.export.storage,
+            "must be dense: TFLM reads no sparse tensors",
+        ),
+        (
+            "quantize.max_float_layers",
+            recipe.quantize.max_float_layers == 0,
+            "must be 0: a layer left in float has no int8 kernel on the board",
+        ),
+        (
+            "budgets.max_latency_p90_ms",
+            recipe.budgets.max_latency_p90_ms is None,
+            "must be unset: TFLM's reference kernels on this machine say nothing of the "
+            "board's latency",
+        ),
+    ]
+    for key, ok, why in rules:
+        if not ok:
+            raise RecipeError(f"{blame(key)}: a tflm target {why}")
+
+
 def _check_device(recipe: Recipe, blame: Callable[[str], str]) -> None:
-    """Rules that span keys: a QEMU target needs a CPU model whose results are right."""
+    """Rules that span keys: a QEMU target needs a CPU model whose results are right; a TFLM
+    target a model a microcontroller can run."""
     from runtime_check.qemu import CPU_MODELS
 
+    _check_tflm(recipe, blame)
     dev = recipe.device
     if dev.kind != "qemu":
         return

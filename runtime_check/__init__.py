@@ -23,6 +23,7 @@ def check(
     delegate: str = "xnnpack",
     isolate: bool = True,
     layouts: list[str | None] | None = None,
+    runtime: str | None = None,
 ) -> dict:
     """Validate each artifact on the eval batch and return one JSON-ready result.
 
@@ -47,6 +48,7 @@ def check(
             runs=runs,
             delegate=delegate,
             layout=layout,
+            runtime=runtime,
         )
         for a, layout in zip(artifacts, layouts)  # noqa: B905 (python 3.8 on devices)
     ]
@@ -56,6 +58,12 @@ def check(
         "platform": platform.platform(),
         "cpu": describe_cpu(),
         "runtimes": runtime_versions(),
-        "settings": {"threads": threads, "warmup": warmup, "runs": runs, "delegate": delegate},
+        "settings": {
+            "threads": threads,
+            "warmup": warmup,
+            "runs": runs,
+            "delegate": delegate,
+            **({"runtime": runtime} if runtime else {}),
+        },
         "results": results,
     }

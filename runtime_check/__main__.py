@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--runs", type=int, default=100)
     p.add_argument("--delegate", choices=("xnnpack", "none"), default="xnnpack")
+    p.add_argument(
+        "--runtime",
+        choices=("tflm",),
+        help="tflm: run .tflite artifacts under TensorFlow Lite Micro (arena and flash "
+        "measured, no latency)",
+    )
     p.add_argument("--no-isolate", action="store_true", help="run all artifacts in this process")
     args = p.parse_args(argv)
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             delegate=args.delegate,
             isolate=not args.no_isolate,
             layouts=layouts or None,
+            runtime=args.runtime,
         )
     except (OSError, ValueError, ArtifactError) as exc:
         print(f"runtime_check: error: {exc}", file=sys.stderr)

@@ -230,8 +230,12 @@ def evaluate_artifact(
     runs: int = 100,
     delegate: str = "xnnpack",
     layout: str | None = None,
+    runtime: str | None = None,
 ) -> dict:
-    """One artifact's figures as a JSON-ready dict (``status`` ok / skipped / error)."""
+    """One artifact's figures as a JSON-ready dict (``status`` ok / skipped / error).
+
+    Under TFLM (``runtime="tflm"``) the memory figures are the board's, ``arena_bytes`` and
+    ``flash_bytes``, and nothing is timed: reference kernels on this CPU are not the board."""
     path = Path(path)
     fmt = path.suffix.lstrip(".")
     result: dict = {"path": path.name, "format": fmt, "threads": threads, "status": "ok"}
@@ -241,16 +245,26 @@ def evaluate_artifact(
     result["gzip_bytes"] = gzip_size(path)
     before = _resident_mb()
     try:
-        sess = open_session(path, threads, delegate)
+        sess = open_session(path, threads, delegate, runtime)
     except RuntimeUnavailable as exc:
         return {**result, "status": "skipped", "reason": str(exc)}
     except ArtifactError as exc:
         return {**result, "status": "error", "reason": str(exc)}
     result.update(runtime=sess.runtime, runtime_version=sess.version, delegate=sess.delegate)
+    if getattr(sess, "ops_outside_delegate", None) is not None:
+        result["ops_outside_delegate"] = sess.ops_outside_delegate
     try:
         figures, x = _measure(sess, batch, fmt, layout, before)
         result.update(figures)
-        result.update(_timed(sess, x, warmup, runs))
+        if runtime == "tflm":
+            result.update(
+                arena_bytes=sess.arena_bytes,
+                arena_breakdown=sess.arena_breakdown,
+                flash_bytes=result["bytes"],
+            )
+            result.pop("model_rss_mb", None)  # this process's, not the board's
+        else:
+            result.update(_timed(sess, x, warmup, runs))
     except ArtifactError as exc:
         return {**result, "status": "error", "reason": str(exc)}
     return result

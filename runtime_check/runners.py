@@ -24,6 +24,8 @@ class CheckOptions:
     timeout_s: float = 1800.0
     # Input layout hint for every artifact of a call (None: the model's shape decides).
     layout: str | None = None
+    # "tflm": .tflite artifacts run under TensorFlow Lite Micro (None: by file suffix).
+    runtime: str | None = None
 
 
 class Runner:
@@ -51,6 +53,7 @@ class Runner:
             "--delegate",
             options.delegate,
             *(["--layout", options.layout] if options.layout else []),
+            *(["--runtime", options.runtime] if options.runtime else []),
             "--",
             *artifacts,
         ]

@@ -1,4 +1,5 @@
-"""Adapters over the inference runtimes: onnxruntime, ai-edge-litert, tflite_runtime.
+"""Adapters over the inference runtimes: onnxruntime, ai-edge-litert, tflite_runtime, and
+TensorFlow Lite Micro (``runtime_check.tflm``).
 
 Each is imported lazily and optionally: an artifact whose runtime is missing is reported as
 skipped with what to install. Only numpy and the runtime itself are imported here.
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from runtime_check.coverage import ops_outside_delegate
 
 
 class RuntimeUnavailable(Exception):
@@ -109,6 +112,10 @@ class TfliteSession:
             self._it.allocate_tensors()
         except Exception as exc:
             raise ArtifactError(f"{dist} cannot load {path.name}: {_first_line(exc)}") from None
+        # Measured, not predicted: which ops XNNPACK left to LiteRT's own kernels.
+        self.ops_outside_delegate = (
+            ops_outside_delegate(self._it) if delegate == "xnnpack" else None
+        )
         inp = self._it.get_input_details()[0]
         out = self._it.get_output_details()[0]
         self._in_idx, self._out_idx = inp["index"], out["index"]
@@ -143,8 +150,15 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
-def open_session(path: Path, threads: int, delegate: str):
-    """The session for an artifact, chosen by its file suffix."""
+def open_session(path: Path, threads: int, delegate: str, runtime: str | None = None):
+    """The session for an artifact, chosen by its file suffix (``runtime="tflm"``: a .tflite
+    under TensorFlow Lite Micro instead of LiteRT)."""
+    if runtime == "tflm":
+        if path.suffix != ".tflite":
+            raise ArtifactError(f"{path.name}: TFLM runs .tflite models only")
+        from runtime_check.tflm import TflmSession
+
+        return TflmSession(path, threads, delegate)
     if path.suffix == ".onnx":
         return OrtSession(path, threads, delegate)
     if path.suffix == ".tflite":
@@ -159,6 +173,7 @@ def runtime_versions() -> dict[str, str]:
         ("onnxruntime", "onnxruntime"),
         ("ai_edge_litert", "ai-edge-litert"),
         ("tflite_runtime", "tflite-runtime"),
+        ("tflite_micro", "tflite-micro"),
     ):
         try:
             found[dist] = _version(dist, importlib.import_module(module))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 # Slack for the limit side only: limit * samples / 100 is itself computed in floats.
 _EPS = 1e-9
+# A board's memory in whole bytes, as its linker map shows it (max_bytes keeps its 4 digits).
+_BYTE_BUDGETS = ("max_arena_bytes", "max_flash_bytes")
 
 
 def drop_within(drop: float, limit: float, samples: int | None) -> bool:
@@ -41,6 +43,7 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
         return _size_check(result, budgets)
     drop = reference_accuracy - result["accuracy"]
     samples = result.get("samples")
+    latency = result.get("latency_ms") or {}
     checks = {
         "max_accuracy_drop": (
             budgets.get("max_accuracy_drop"),
@@ -52,11 +55,23 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
             result["agreement"],
             lambda v, lim: v >= lim,
         ),
-        # Emulated wall time (QEMU) is not latency: no latency budget applies to it.
+        # Emulated wall time (QEMU) is not latency: no latency budget applies to it. A TFLM
+        # result has no latency at all (reference kernels on this CPU are not the board).
         "max_latency_p90_ms": (
-            None if result["latency_ms"].get("emulated") else budgets.get("max_latency_p90_ms"),
-            result["latency_ms"]["p90"],
-            lambda v, lim: v <= lim,
+            None if latency.get("emulated") else budgets.get("max_latency_p90_ms"),
+            latency.get("p90"),
+            lambda v, lim: v is not None and v <= lim,
+        ),
+        # TFLM targets: the smallest arena the model ran in, and its bytes in flash.
+        "max_arena_bytes": (
+            budgets.get("max_arena_bytes"),
+            result.get("arena_bytes"),
+            lambda v, lim: v is not None and v <= lim,
+        ),
+        "max_flash_bytes": (
+            budgets.get("max_flash_bytes"),
+            result.get("flash_bytes"),
+            lambda v, lim: v is not None and v <= lim,
         ),
     }
     judged = {
@@ -70,6 +85,10 @@ def judge_artifact(result: dict, reference_accuracy: float, budgets: dict) -> di
 
 
 def _failure(path: str, name: str, b: dict, samples: int | None) -> str:
+    if b["value"] is None:
+        return f"{path}: {name} not measured (limit {b['limit']:.4g})"
+    if name in _BYTE_BUDGETS:
+        return f"{path}: {name} {b['value']:,} vs limit {b['limit']:,}"
     line = f"{path}: {name} {b['value']:.4g} vs limit {b['limit']:.4g}"
     if name == "max_accuracy_drop" and samples:
         # The resolution of the figure, so a reader can tell one unlucky image from a real loss.

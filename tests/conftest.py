@@ -106,3 +106,17 @@ def digits_seed(tmp_path_factory) -> Path:
     assert res.exit_code == 0, res.output
     assert (tmp / "seed.pt").is_file() and (tmp / "seed.pt.json").is_file()
     return tmp / "seed.pt"
+
+
+@pytest.fixture(scope="session")
+def mcu_digits(digits_seed, tmp_path_factory) -> Path:
+    """The trained seed CNN run through `--target nano33ble` (TFLM): an output directory with
+    model.int8.tflite validated under TensorFlow Lite Micro. Read-only for the tests that share
+    it."""
+    out = tmp_path_factory.mktemp("mcu-digits") / "dist"
+    res = invoke(
+        "run", "--model", "seed-cnn", "--weights", digits_seed, "--target", "nano33ble",
+        "--out", out, "-q",
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out

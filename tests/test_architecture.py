@@ -70,7 +70,7 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
 }
 
 # runtime_check runs on the device: numpy and a runtime, nothing else that is not stdlib.
-RUNTIME_CHECK_ALLOWED = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime"}
+RUNTIME_CHECK_ALLOWED = {"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime", "tflite_micro"}
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:

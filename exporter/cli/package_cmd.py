@@ -13,10 +13,11 @@ from exporter.errors import PackageError
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option(
     "--platform",
-    type=click.Choice(["android", "ios"]),
+    type=click.Choice(["android", "ios", "mcu"]),
     default="android",
     show_default=True,
-    help="which USAGE.md and zip to write",
+    help="which USAGE.md and zip to write; mcu: C++ sources for TensorFlow Lite Micro "
+    "(model_data.cc/.h, model_ops.h) of a run on an MCU target",
 )
 @click.option(
     "--verify",
@@ -46,7 +47,19 @@ def command(target, platform, verify, artifacts, allow_failed, force, quiet):
     exit 2 when a file or a model's answers differ from what manifest.json recorded.
     """
     from exporter.package import package_dir, verify_zip
+    from exporter.package.mcu import is_mcu_zip, verify_mcu_zip
 
+    if verify and is_mcu_zip(target):
+        res = verify_mcu_zip(target)
+        if not quiet:
+            ran = (
+                f"; the array of model_data.cc ran under TFLM in {res['arena_bytes']:,} bytes on "
+                f"{res['samples']} sample(s), answers as recorded"
+                if res.get("samples")
+                else ""
+            )
+            click.echo(f"verified {target}: {res['files']} files match manifest.json{ran}")
+        return
     if verify:
         res = verify_zip(target)
         if not quiet:

@@ -1,9 +1,10 @@
 """Atomic output: write to a temporary sibling, then rename over the target.
 
-A crash, Ctrl-C or a full disk never leaves a half-written artifact under the final name.
-Beside that, what keeps the user's files safe from an output: :func:`check_out_path` (an output
-never overlaps an input or the working directory), :func:`output_lock` (one writer per output)
-and the marker an output directory carries, so ``--force`` replaces only edgepack's own.
+A crash, Ctrl-C or a full disk never leaves a half-written artifact under the final name, a
+rename never replaces what appeared meanwhile, and ``--force`` replaces only a directory that
+carries edgepack's marker. The rest of what keeps the user's files safe from an output lives
+beside this module: ``out_path.py`` (an output never overlaps an input or the working
+directory) and ``output_lock.py`` (one writer per output).
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +39,10 @@ def _plain_mode(path: Path, directory: bool) -> None:
 # they can only be about the output.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _WRITE_ERRNOS = _NO_SPACE | {errno.EROFS}
-_SETUP_ERRNOS = _WRITE_ERRNOS | {errno.EACCES, errno.EPERM}
+SETUP_ERRNOS = _WRITE_ERRNOS | {errno.EACCES, errno.EPERM}
 
 
-def _write_error(
+def write_error(
     exc: BaseException, final: Path, errnos: frozenset[int] = _WRITE_ERRNOS
 ) -> OutputWriteError | None:
     """The one-line error for ``exc`` if the disk refused the write, naming the final output.
@@ -91,134 +91,6 @@ def check_replaceable(path: Path, force: bool, marker: str | None) -> None:
             f"{path} is not an edgepack output (it has no {marker}): --force replaces only "
             "directories edgepack wrote; write elsewhere or remove it yourself"
         )
-
-
-def _resolved(path: str | os.PathLike) -> Path:
-    return Path(path).expanduser().resolve()
-
-
-def check_out_path(out: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike]]) -> None:
-    """Refuse an output that would destroy or pollute an input, or the working directory.
-
-    ``inputs`` are ``(option, path)`` pairs. The output may not be an input, contain one (its
-    replacement would delete it), or lie inside an input directory (it would become part of the
-    data), nor be the current directory or one above it. Symlinks are resolved first.
-    """
-    target = _resolved(out)
-    cwd = Path.cwd().resolve()
-    if target == cwd or target in cwd.parents:
-        where = "the current directory" if target == cwd else "above the current directory"
-        raise OutputPathError(
-            f"--out {out} is {where}: replacing it would delete your working directory; "
-            "choose a new directory for the output"
-        )
-    for option, path in inputs:
-        src = _resolved(path)
-        if src == target:
-            raise OutputPathError(
-                f"--out {out} is the {option} input itself: edgepack never writes over its inputs"
-            )
-        if target in src.parents:
-            raise OutputPathError(
-                f"--out {out} contains the {option} input {path}: replacing the output would "
-                "delete it; choose another --out"
-            )
-        if src.is_dir() and src in target.parents:
-            raise OutputPathError(
-                f"--out {out} is inside the {option} directory {path}: the output would become "
-                "part of that input; choose another --out"
-            )
-
-
-# ----- one writer per output ----------------------------------------------------------------
-
-
-def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of an output: ``.<name>.lock`` beside it."""
-    final = Path(os.path.abspath(path))
-    return final.with_name(f".{final.name}.lock")
-
-
-def _make_parents(directory: Path) -> list[Path]:
-    """``mkdir -p directory``; returns the directories it created, deepest last."""
-    missing = [p for p in [directory, *directory.parents] if not p.exists()]
-    directory.mkdir(parents=True, exist_ok=True)
-    return list(reversed(missing))
-
-
-def _remove_empty(created: list[Path]) -> None:
-    for d in reversed(created):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    mine = os.fstat(fd)
-    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-def _holder(fd: int) -> str:
-    with contextlib.suppress(OSError):
-        text = os.pread(fd, 32, 0).decode(errors="replace").strip()
-        if text.isdigit():
-            return text
-    return "unknown"
-
-
-def _acquire(lock: Path, final: Path) -> int:
-    """An open, exclusively locked descriptor of ``lock``, which holds this process's pid."""
-    for _ in range(20):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _holder(fd)
-            os.close(fd)
-            raise OutputPathError(
-                f"{final} is being written by another edgepack process (pid {pid})"
-            ) from None
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                raise
-            return fd  # a filesystem without locks: the final no-replace rename still holds
-        # The holder removes the file as it releases it: a lock on that removed file is none.
-        if _same_file(fd, lock):
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
-            return fd
-        os.close(fd)
-    raise OutputPathError(f"{final} is being written by other edgepack processes")
-
-
-@contextlib.contextmanager
-def output_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on the output ``path`` (a ``.<name>.lock`` file beside it).
-
-    A second edgepack process writing the same output fails at once, naming the first one's
-    pid, instead of both running and the later one replacing the earlier one's result. The lock
-    file, and parent directories created for it, are removed again on exit.
-    """
-    final = Path(os.path.abspath(path))
-    lock = lock_path(final)
-    try:
-        created = _make_parents(lock.parent)
-        fd = _acquire(lock, final)
-    except OSError as exc:
-        if err := _write_error(exc, final, _SETUP_ERRNOS):
-            raise err from None
-        raise
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)  # while still locked: see _acquire
-        os.close(fd)
-        _remove_empty(created)
 
 
 # ----- renames that never replace -----------------------------------------------------------
@@ -289,7 +161,7 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     except OSError as exc:
-        if err := _write_error(exc, final, _SETUP_ERRNOS):
+        if err := write_error(exc, final, SETUP_ERRNOS):
             raise err from None
         raise
     os.close(fd)
@@ -300,7 +172,7 @@ def atomic_path(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
         _install(tmp, final, force)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if err := _write_error(exc, final):
+        if err := write_error(exc, final):
             raise err from None
         raise
 
@@ -346,7 +218,7 @@ def atomic_dir(
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     except OSError as exc:
-        if err := _write_error(exc, final, _SETUP_ERRNOS):
+        if err := write_error(exc, final, SETUP_ERRNOS):
             raise err from None
         raise
     _plain_mode(tmp, directory=True)
@@ -355,6 +227,6 @@ def atomic_dir(
         _install_dir(tmp, final, force, marker)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if err := _write_error(exc, final):
+        if err := write_error(exc, final):
             raise err from None
         raise

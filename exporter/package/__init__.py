@@ -525,6 +525,10 @@ def package_dir(
     ``artifacts`` names the TFLite and/or ONNX artifact to ship (see docs/package_manifest.md).
     """
     out_dir = Path(out_dir)
+    if platform == "mcu":  # C++ sources for TensorFlow Lite Micro: exporter/package/mcu.py
+        from exporter.package.mcu import package_mcu
+
+        return package_mcu(out_dir, force=force, allow_failed=allow_failed, artifacts=artifacts)
     pkg = package_path(out_dir, platform)
     zip_path = package_zip(out_dir, platform)
     if platform in PLATFORMS:  # refuse early: nothing is converted when we could not write

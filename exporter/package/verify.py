@@ -338,9 +338,10 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _read_checked(path: Path) -> tuple[dict[str, bytes], Manifest]:
+def _read_checked(path: Path, reader: Any = None) -> tuple[dict[str, bytes], Any]:
     """The zip's files, each checked against the manifest: sizes from the central directory
-    first, so that nothing the manifest does not announce is ever inflated, then sha256."""
+    first, so that nothing the manifest does not announce is ever inflated, then sha256.
+    ``reader`` parses the manifest (default: the mobile one); what it returns has ``files``."""
     with zipfile.ZipFile(path) as zf:
         infos = {i.filename: i for i in check_entries(zf, os.path.getsize(path), ZipLimits())}
         head = infos.get(PACKAGE_MANIFEST)
@@ -348,7 +349,7 @@ def _read_checked(path: Path) -> tuple[dict[str, bytes], Manifest]:
             raise PackageError(f"no {PACKAGE_MANIFEST} (not an edgepack package)")
         if head.file_size > MANIFEST_BYTES:
             raise PackageError(f"{PACKAGE_MANIFEST} declares {head.file_size} bytes")
-        manifest = read_manifest(read_entry(zf, head))
+        manifest = (reader or read_manifest)(read_entry(zf, head))
         listed = manifest.files
         missing = sorted(set(listed) - set(infos))
         extra = sorted(set(infos) - set(listed) - {PACKAGE_MANIFEST})

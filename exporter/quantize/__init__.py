@@ -12,6 +12,11 @@ This stage also decides what the int8 TFLite model is made from: when the ONNX m
 7-bit weights (``reduce_range``, for x86 CPUs without VNNI), it writes a full 8-bit twin,
 ``model.int8.portable.onnx``, from the same cached calibration ranges, because TFLite's int8
 kernels take 8-bit weights on every CPU. ``QuantOutcome.tflite_source`` names the file.
+
+``activations="int16"`` runs the same search (methods, sensitivity table, float fallbacks) for
+the 16x8 scheme: int16 activations, int8 weights, never 7-bit (the saturation that
+``reduce_range`` avoids is an 8-bit-activation kernel issue). It reuses int8's calibration
+cache, so both share their activation ranges.
 """
 
 from __future__ import annotations
@@ -110,14 +115,19 @@ def quantize_stage(
     tune_y: np.ndarray,
     device_kind: str,
     cpu: dict,
+    activations: str = "int8",
 ) -> QuantOutcome:
-    """Search calibration methods and float fallbacks; write the chosen int8 model to out_path."""
+    """Search calibration methods and float fallbacks; write the chosen int8 (or 16x8, with
+    ``activations="int16"``) model to out_path."""
     start = time.perf_counter()
     work = out_path.parent
-    reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
+    if activations == "int16":
+        reduce_range, why = False, "16x8: int8 weights, int16 activations (full 8-bit weights)"
+    else:
+        reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
     fp32_acc = _accuracy(fp32_path, tune_x, tune_y)
     outcome = QuantOutcome(
-        QuantSettings(spec.method, reduce_range, spec.per_channel),
+        QuantSettings(spec.method, reduce_range, spec.per_channel, activations=activations),
         why,
         fp32_acc,
         onnx_path=out_path,
@@ -147,7 +157,7 @@ def quantize_stage(
     best: tuple[float, QuantSettings] | None = None
     methods = [spec.method] + [m for m in spec.fallback_methods if m != spec.method]
     for method in methods:
-        settings = QuantSettings(method, reduce_range, spec.per_channel)
+        settings = QuantSettings(method, reduce_range, spec.per_channel, activations=activations)
         drop = attempt(settings)
         if best is None or drop < best[0]:
             best = (drop, settings)
@@ -165,9 +175,7 @@ def quantize_stage(
         rows = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
         ranked = most_sensitive_nodes(rows, spec.max_float_layers)
         for k in range(1, len(ranked) + 1):
-            settings = QuantSettings(
-                chosen.method, reduce_range, spec.per_channel, tuple(ranked[:k])
-            )
+            settings = dataclasses.replace(chosen, float_nodes=tuple(ranked[:k]))
             d = attempt(settings)
             if d < drop:
                 drop, chosen = d, settings

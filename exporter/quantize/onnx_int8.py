@@ -46,6 +46,9 @@ class QuantSettings:
     reduce_range: bool = False
     per_channel: bool = True
     float_nodes: tuple[str, ...] = field(default_factory=tuple)  # left unquantized
+    # "int16": the 16x8 scheme (int16 activations with zero point 0, int8 weights), as
+    # TFLite's 16x8 kernels require; the calibration ranges are the same as int8's.
+    activations: str = "int8"
 
 
 class _BatchReader(CalibrationDataReader):
@@ -82,7 +85,8 @@ def quantize_onnx(
     cache: Path,
     input_name: str = "input",
 ) -> Path:
-    """Write a QDQ int8 model. ``calib_inputs`` are needed only when ``cache`` does not exist yet."""
+    """Write a QDQ int8 (or 16x8) model. ``calib_inputs`` are needed only when ``cache`` does
+    not exist yet."""
     fresh = not cache.is_file()
     reader = _BatchReader(calib_inputs, input_name) if fresh else None
     with atomic_path(out_path) as tmp, _quiet(), _calibration_errors(cache):
@@ -93,12 +97,17 @@ def quantize_onnx(
             quant_format=QuantFormat.QDQ,
             per_channel=settings.per_channel,
             reduce_range=settings.reduce_range,
-            activation_type=QuantType.QInt8,
+            activation_type=QuantType.QInt16
+            if settings.activations == "int16"
+            else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=METHODS[settings.method],
             nodes_to_exclude=list(settings.float_nodes),
             calibration_cache_path=str(cache),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": settings.activations == "int16",
+            },
         )
         if fresh and _non_finite_ranges(cache):
             # Inf ranges pass ORT's checks and give an int8 model of infinite scales.

@@ -49,6 +49,7 @@ _MEASURED = (
     "max_abs_diff",
     "latency_ms",
     "instructions_per_inference",
+    "ops_outside_delegate",
     "emulated",
     "threads",
     "runtime",
@@ -56,6 +57,9 @@ _MEASURED = (
     "delegate",
     "peak_rss_mb",
     "model_rss_mb",
+    "arena_bytes",
+    "arena_breakdown",
+    "flash_bytes",
     "input",
     "samples",
 )
@@ -215,13 +219,19 @@ _BUDGET_SHORT = {
     "min_agreement": "agree",
     "max_latency_p90_ms": "p90",
     "max_bytes": "bytes",
+    "max_arena_bytes": "arena",
+    "max_flash_bytes": "flash",
 }
 
 
 def _budget_value(name: str, value: object) -> str:
     if name == "max_latency_p90_ms":
         return fmt_ms(value)
-    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f", "max_bytes": ","}.get(name, "g")
+    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f"}.get(name, "g")
+    if name == "max_bytes":
+        spec = ","
+    elif name in ("max_arena_bytes", "max_flash_bytes"):
+        spec = ",.0f"
     return _fmt(value, spec)
 
 
@@ -230,6 +240,10 @@ def _console_columns(report: dict) -> list[str]:
     counted = any(a.get("instructions_per_inference") is not None for a in arts)
     # Under QEMU the deterministic figure is the instruction count; wall time is emulated.
     timed = not counted or not all(a.get("emulated") for a in arts if a.get("status") == "ok")
+    # A TFLM target's figures are the board's memory: the arena in RAM, the model in flash;
+    # nothing is timed and this process's memory says nothing of the board.
+    if any(a.get("arena_bytes") is not None for a in arts):
+        return ["artifact", "bytes/gzip", "acc % drop", "agree", "arena B", "budgets"]
     return [
         "artifact",
         "bytes/gzip",
@@ -264,6 +278,7 @@ def _artifact_cells(a: dict, cols: list[str]) -> list[str]:
         "p50/p90 ms": f"{fmt_ms(lat.get('p50'))}/{fmt_ms(lat.get('p90'))}{emu}",
         "Minsn/inf": _fmt(None if insn is None else insn / 1e6, ".3f"),
         "model MB": _fmt(a.get("model_rss_mb"), ".1f"),
+        "arena B": _fmt(a.get("arena_bytes"), ","),
     }
     return [a["path"], *(figures[c] for c in cols[1:-1]), verdict]
 
@@ -370,6 +385,12 @@ def print_table(report: dict, console: Console) -> None:
     ]  # model.<precision>.*
     for p in same_kind:
         console.print(f"parity: {p['a']} vs {p['b']}: {p['agreement']:.2%} same top-1")
+    if any(a.get("arena_bytes") is not None for a in report["artifacts"]):
+        console.print(
+            "TFLM: arena B is the smallest tensor arena the model ran in; flash is the model's "
+            "bytes (TFLM's and the application's code not included); no latency: TFLM's "
+            "reference kernels on this machine are not the board"
+        )
     if emulated:
         console.print(
             "*: emulated wall time, not a measurement of the device (report.html has it); "

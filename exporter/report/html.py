@@ -119,7 +119,9 @@ def _header(report: dict) -> str:
 
 
 def _fmt_budget_value(name: str, value: object) -> str:
-    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f", "max_bytes": ",.0f"}.get(name)
+    spec = {"max_accuracy_drop": "+.2f", "min_agreement": ".4f"}.get(name)
+    if name in ("max_bytes", "max_arena_bytes", "max_flash_bytes"):
+        spec = ",.0f"
     if name == "max_latency_p90_ms":
         return f"{fmt_ms(value)} ms"
     text = fmt(value, spec or "g")
@@ -227,6 +229,8 @@ def artifacts_table(entries: Sequence[tuple[str | None, dict]]) -> str:
     comparing = any(label is not None for label, _ in entries)
     arts = [a for _, r in entries for a in r.get("artifacts", [])]
     counted = any(a.get("instructions_per_inference") is not None for a in arts)
+    # TFLM targets: the board's RAM (tensor arena) and flash (model bytes).
+    mcu = any(a.get("arena_bytes") is not None for a in arts)
     emulated = any(is_emulated(a) for a in arts)
     headers = [
         *(["run: model @ target"] if comparing else []),
@@ -243,6 +247,7 @@ def artifacts_table(entries: Sequence[tuple[str | None, dict]]) -> str:
         "p50 ms",
         "p90 ms",
         *(["M instr / image"] if counted else []),
+        *(["arena B", "flash B"] if mcu else []),
         "RSS MB",
         "model MB",
         "budgets",
@@ -264,7 +269,7 @@ def artifacts_table(entries: Sequence[tuple[str | None, dict]]) -> str:
             else []
         )
         for a in report.get("artifacts", []):
-            rows.append(_artifact_row(a, lead, counted))
+            rows.append(_artifact_row(a, lead, counted, mcu))
     note = (
         (
             '<p class="note"><span class="flag">emu</span>: emulated wall time under QEMU, '
@@ -285,7 +290,9 @@ def _short_model(report: dict) -> str:
     return spec.replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell], str]:
+def _artifact_row(
+    a: dict, lead: list[Cell], counted: bool, mcu: bool = False
+) -> tuple[list[Cell], str]:
     runtime = " ".join(str(a[k]) for k in ("runtime", "runtime_version", "delegate") if a.get(k))
     head = [
         *lead,
@@ -300,7 +307,8 @@ def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell],
     if a.get("status") != "ok":
         # No measurements: the reason spans the measurement columns and the budgets column.
         reason = f'<span class="tag {cls}">{esc(word)}</span> {esc(a.get("reason") or "")}'
-        return [*head, Cell(reason, span=8 + counted)], "bad" if cls == "bad" else "muted"
+        span = 8 + counted + 2 * mcu
+        return [*head, Cell(reason, span=span)], "bad" if cls == "bad" else "muted"
     bad_cols = {BUDGET_COLUMN.get(n) for n in failed_budgets(a)}
     lat = a.get("latency_ms") or {}
     flag = '<sup class="flag" title="emulated">emu</sup>' if is_emulated(a) else ""
@@ -316,6 +324,14 @@ def _artifact_row(a: dict, lead: list[Cell], counted: bool) -> tuple[list[Cell],
         *(
             [cell(fmt(_mega(a.get("instructions_per_inference")), ",.3f"), num=True)]
             if counted
+            else []
+        ),
+        *(
+            [
+                cell(fmt(a.get("arena_bytes"), ","), num=True, bad="arena" in bad_cols),
+                cell(fmt(a.get("flash_bytes"), ","), num=True, bad="bytes" in bad_cols),
+            ]
+            if mcu
             else []
         ),
         cell(fmt(a.get("peak_rss_mb"), ".0f"), num=True),

@@ -155,6 +155,8 @@ BUDGET_WORDS = {
     "min_agreement": "top-1 agreement with the original at least {lim:g}",
     "max_latency_p90_ms": "p90 latency at most {lim:g} ms",
     "max_bytes": "file size at most {lim:,} bytes",
+    "max_arena_bytes": "tensor arena at most {lim:,.0f} bytes",
+    "max_flash_bytes": "model in flash at most {lim:,.0f} bytes",
 }
 
 # Which artifact-table column each budget judges, to highlight the failing cell.
@@ -163,6 +165,8 @@ BUDGET_COLUMN = {
     "min_agreement": "agreement",
     "max_latency_p90_ms": "p90",
     "max_bytes": "bytes",
+    "max_arena_bytes": "arena",
+    "max_flash_bytes": "bytes",
 }
 
 

@@ -32,7 +32,7 @@ class Target:
 
     name: str = doc("target name (recipe file stem)")
     source: str = doc("the recipe file")
-    device: str = doc("`local`, `qemu` or `ssh`")
+    device: str = doc("`local`, `qemu`, `ssh` or `tflm`")
     description: str = doc("the recipe's description")
     host: str | None = doc("SSH host of a check (`--host`), else null", default=None)
 
@@ -149,7 +149,7 @@ class ArtifactRow:
 
     path: str = doc("file name inside the output directory")
     format: Literal["onnx", "tflite"] = doc("artifact format")
-    precision: str = doc("`fp32` or `int8`")
+    precision: str = doc("`fp32`, `fp16`, `dynamic`, `int8` or `int16x8`")
     storage: str = doc("`dense` or `sparse`")
     status: Literal["ok", "skipped", "error"] = doc(
         "`ok`; `skipped` (its runtime is missing or not in the recipe) or `error`: see `reason`"
@@ -181,6 +181,12 @@ class ArtifactRow:
         "(LiteRT's built-in kernels)",
         default=None,
     )
+    ops_outside_delegate: list[str] | None = doc(
+        "TFLite under XNNPACK, as measured at load: the ops LiteRT ran on its own kernels "
+        "because the delegate did not take them (`[]`: fully on XNNPACK); null when no "
+        "delegate was asked for or the runtime does not expose its nodes",
+        default=None,
+    )
     peak_rss_mb: float | None = doc(
         "peak resident memory of the process that ran this artifact alone (interpreter and "
         "eval batch included)",
@@ -191,11 +197,26 @@ class ArtifactRow:
         "the emulator's)",
         default=None,
     )
+    arena_bytes: int | None = doc(
+        "TFLM targets: the smallest tensor arena the model allocated and ran in (bisection "
+        "under TFLM's recording allocator, whose bookkeeping it includes); null elsewhere",
+        default=None,
+    )
+    arena_breakdown: list[str] | None = doc(
+        "TFLM targets: the recording allocator's report of that arena (head, tail, per kind)",
+        default=None,
+    )
+    flash_bytes: int | None = doc(
+        "TFLM targets: the model's bytes in flash (the .tflite file); the code of TFLM, its "
+        "kernels and the application is not included",
+        default=None,
+    )
     input: InputInfo | None = doc("the model input as the runtime saw it", default=None)
     samples: int | None = doc("eval images run", default=None)
     budgets: dict[str, BudgetCheck] = doc(
         "per budget of the recipe that applies (`max_accuracy_drop`, `min_agreement`, "
-        "`max_latency_p90_ms`, `max_bytes`); empty unless `status` is ok",
+        "`max_latency_p90_ms`, `max_bytes`, `max_arena_bytes`, `max_flash_bytes`); empty "
+        "unless `status` is ok",
         default_factory=dict,
     )
     tflite: TfliteFacts | None = doc("TFLite artifacts: what the writer emitted", default=None)

@@ -46,7 +46,7 @@ class ConversionResult:
     op_counts: dict[str, int]
     transpose_count: int
     input_layout: str  # "nhwc" | "nchw"
-    precision: str = "fp32"  # "int8" when the ONNX model was QDQ-quantized
+    precision: str = "fp32"  # fp16 / dynamic as asked; int8 / int16x8 from a QDQ model
     io_dtype: str = "float32"  # dtype of the model's input/output tensors
     float_fallback_ops: list[str] = field(default_factory=list)  # int8: ops left in float
     storage: str = "dense"
@@ -66,6 +66,7 @@ def convert_model(
     normalization: Normalization | None = None,
     storage: str = "dense",
     delegate: str = "xnnpack",
+    precision: str = "fp32",
 ) -> tuple[bytes, dict[str, Any]]:
     """Convert an in-memory ONNX model; returns the .tflite bytes and stats.
 
@@ -82,6 +83,10 @@ def convert_model(
     per-weight table: name, shape, dtype, sparsity, encoding, via (direct / densify), index
     type, dense bytes, stored bytes, consumer. A sparse file is not always smaller than the
     dense one (each kept encoding is, but DENSIFY ops cost a little): compare before keeping.
+
+    ``precision`` ("fp32", "fp16", "dynamic") is for a float model: float16 weight buffers
+    widened by DEQUANTIZE, or int8 per-channel weights on LiteRT's hybrid kernels. A QDQ
+    model's precision is its own: int8, or int16x8 when its activations are int16.
     """
     data, graph, info = convert(
         model,
@@ -90,6 +95,7 @@ def convert_model(
         normalization=normalization,
         storage=storage,
         delegate=delegate,
+        precision=precision,
     )
     return data, _stats(graph, info, input_layout, storage)
 
@@ -125,6 +131,7 @@ def convert_onnx_file(
     delegate: str = "xnnpack",
     force: bool = True,
     sparse_path: str | os.PathLike | None = None,
+    precision: str = "fp32",
 ) -> ConversionResult:
     """Convert ``onnx_path`` and write ``tflite_path`` atomically (nothing written on error).
 
@@ -144,7 +151,9 @@ def convert_onnx_file(
     for target in targets:  # refused before any work, so neither file is written
         check_writable(target, force)
     model = load_onnx_file(onnx_path)
-    graph, info = lower_model(model, input_layout, io_dtype=io_dtype, normalization=normalization)
+    graph, info = lower_model(
+        model, input_layout, io_dtype=io_dtype, normalization=normalization, precision=precision
+    )
     data, stored, rows = store(graph, storage, delegate)
     stats = _stats(stored, dataclasses.replace(info, tensors=rows), input_layout, storage)
     result = _result(tflite_path, data, stats, time.perf_counter() - start)

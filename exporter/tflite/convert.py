@@ -15,12 +15,15 @@ from exporter.tflite.int8 import IO_DTYPES, quantize_graph
 from exporter.tflite.ir import Graph
 from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
 from exporter.tflite.passes import run_passes
+from exporter.tflite.precision import to_dynamic_range, to_float16
 from exporter.tflite.registry import load_all
 from exporter.tflite.storage import DELEGATES, WeightStorage, apply_storage
 from exporter.tflite.writer import serialize
 
 INPUT_LAYOUTS = ("nhwc", "nchw")
 STORAGES = ("dense", "sparse")
+#: What a float ONNX model may become; a QDQ model's precision comes from its own Q/DQ types.
+FLOAT_PRECISIONS = ("fp32", "fp16", "dynamic")
 
 
 def preflight(ctx: ConversionContext) -> None:
@@ -112,7 +115,7 @@ def lower(
 
 @dataclass
 class ConvertInfo:
-    precision: str = "fp32"  # "fp32" | "int8"
+    precision: str = "fp32"  # "fp32" | "fp16" | "dynamic" | "int8" | "int16x8"
     io_dtype: str = "float32"
     float_fallback_ops: list[str] = field(default_factory=list)
     normalization: str | None = None
@@ -132,11 +135,17 @@ def lower_model(
     *,
     io_dtype: str = "float32",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    precision: str = "fp32",
 ) -> tuple[Graph, ConvertInfo]:
-    """ONNX -> the final IR graph, not yet serialized; a QDQ model becomes full-integer.
+    """ONNX -> the final IR graph, not yet serialized; a QDQ model becomes full-integer
+    (int8, or int16x8 when its activations are int16).
 
-    One lowering can be stored several ways with :func:`store`.
+    ``precision`` applies to a float model only: "fp16" stores float16 weights, "dynamic"
+    int8 weights on the hybrid kernels (see ``precision.py``). One lowering can be stored
+    several ways with :func:`store`.
     """
+    if precision not in FLOAT_PRECISIONS:
+        raise ValueError(f"precision must be one of {FLOAT_PRECISIONS}, got {precision!r}")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     if (io_dtype == "uint8") != (normalization is not None):
@@ -150,12 +159,26 @@ def lower_model(
             raise ValueError(
                 f"io_dtype={io_dtype!r} needs a quantized (QDQ) ONNX model; this one is float"
             )
-        return lower(read_graph(model), input_layout), ConvertInfo()
+        graph = lower(read_graph(model), input_layout)
+        if precision == "fp16":
+            return to_float16(graph), ConvertInfo("fp16")
+        if precision == "dynamic":
+            graph, left_float = to_dynamic_range(graph)
+            return graph, ConvertInfo("dynamic", float_fallback_ops=left_float)
+        return graph, ConvertInfo()
+    if precision != "fp32":
+        raise ValueError(f"precision={precision!r} needs a float ONNX model; this one is QDQ")
+    act_dtype = fold_qdq.activation_dtype(model)
+    if act_dtype == "int16" and io_dtype != "float32":
+        raise ValueError("int16x8 models take and give float32; use io_dtype='float32'")
     weights = fold_qdq.quantized_weight_names(model)
     onnx_graph = read_graph(model)
     info = fold_qdq.fold_qdq(onnx_graph, weights)
-    graph, report = quantize_graph(lower(onnx_graph, input_layout, info), io_dtype, normalization)
-    return graph, ConvertInfo("int8", io_dtype, report.float_fallback_ops, report.normalization)
+    graph, report = quantize_graph(
+        lower(onnx_graph, input_layout, info), io_dtype, normalization, act_dtype
+    )
+    name = "int16x8" if act_dtype == "int16" else "int8"
+    return graph, ConvertInfo(name, io_dtype, report.float_fallback_ops, report.normalization)
 
 
 def store(
@@ -179,6 +202,7 @@ def convert(
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     storage: str = "dense",
     delegate: str = "xnnpack",
+    precision: str = "fp32",
 ) -> tuple[bytes, Graph, ConvertInfo]:
     """ONNX -> .tflite bytes; a model with QuantizeLinear/DequantizeLinear becomes full-integer.
 
@@ -186,6 +210,8 @@ def convert(
     kernel accepts it under ``delegate`` (see ``storage.py``).
     """
     check_storage(storage, delegate)
-    graph, info = lower_model(model, input_layout, io_dtype=io_dtype, normalization=normalization)
+    graph, info = lower_model(
+        model, input_layout, io_dtype=io_dtype, normalization=normalization, precision=precision
+    )
     data, stored, info.tensors = store(graph, storage, delegate)
     return data, stored, info

@@ -37,6 +37,19 @@ def has_qdq(model: onnx.ModelProto) -> bool:
     return any(n.op_type in QDQ_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node)
 
 
+def activation_dtype(model: onnx.ModelProto) -> str:
+    """ "int16" when the model's activation QuantizeLinear nodes are 16-bit (onnxruntime's
+    QInt16 activations: the TFLite 16x8 scheme), else "int8"."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear" or n.input[0] in inits or len(n.input) < 3:
+            continue
+        zp = inits.get(n.input[2])
+        if zp is not None and zp.data_type == onnx.TensorProto.INT16:
+            return "int16"
+    return "int8"
+
+
 def quantized_weight_names(model: onnx.ModelProto) -> set[str]:
     """Outputs of the DequantizeLinear nodes that read an initializer (weights and biases)."""
     inits = {t.name for t in model.graph.initializer}

@@ -13,6 +13,11 @@ operator is lowered by one small rule keyed by its TFLite op code:
 
 Anything else, or an op whose parameters are unknown (ONNX left it in float), runs in float
 between a DEQUANTIZE and a QUANTIZE and is listed in ``float_fallback_ops``.
+
+The same rules write the 16x8 scheme (``act_dtype="int16"``): int16 activations with zero
+point 0, the same int8 weights, int64 biases, the int16 fixed output parameters, and ADD/SUB
+with general (not power-of-two) scales; only ops whose LiteRT kernel takes int16 are lowered
+(``INT16_OPS``), the rest fall back to float like int8's.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from exporter.tflite.ir import Graph, Operator
 from exporter.tflite.passes import remove_dead
 
 IO_DTYPES = ("float32", "int8", "uint8")
+ACT_DTYPES = ("int8", "int16")
 
 
 @dataclass
@@ -37,8 +43,9 @@ class Int8Report:
 
 
 class _Quantizer:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, act: str = "int8"):
         self.g = graph
+        self.act = act  # activation dtype: "int8" or "int16" (16x8)
         self.ops: list[Operator] = []  # the rewritten operator list, in execution order
         self._int8_copy: dict[str, str] = {}
         self._float_copy: dict[str, str] = {}
@@ -64,12 +71,13 @@ class _Quantizer:
         self.ops.append(Operator(op, list(inputs), list(outputs), dict(options)))
 
     def int8(self, name: str) -> str:
-        """``name`` as an int8 tensor, quantizing a float value (fallback output) once."""
+        """``name`` as an activation-typed (int8 / int16) tensor, quantizing a float value
+        (fallback output) once."""
         t = self.g.tensors[name]
-        if t.dtype == "int8":
+        if t.dtype == self.act:
             return name
         if name not in self._int8_copy:
-            q = self.g.add_tensor(f"{name}_int8", t.shape, "int8")
+            q = self.g.add_tensor(f"{name}_{self.act}", t.shape, self.act)
             quant.set_params(self.g.tensors[q], self.params(name))
             self.add("QUANTIZE", [name], [q])
             self._int8_copy[name] = q
@@ -91,7 +99,7 @@ class _Quantizer:
         name = self.int8(name)
         if self.params(name) is not None and params.same_as(self.params(name)):
             return name
-        out = self.g.add_tensor(f"{name}_requantized", self.g.tensors[name].shape, "int8")
+        out = self.g.add_tensor(f"{name}_requantized", self.g.tensors[name].shape, self.act)
         quant.set_params(self.g.tensors[out], params)
         self.add("QUANTIZE", [name], [out])
         return out
@@ -104,8 +112,8 @@ class _Quantizer:
         return name
 
     def const(self, name: str, value: np.ndarray, params: quant.QParams) -> str:
-        """A float constant operand quantized to int8 with ``params``."""
-        return self.stored(name, quant.quantize_array(value, params), params)
+        """A float constant operand quantized to the activation type with ``params``."""
+        return self.stored(name, quant.quantize_array(value, params, self.act), params)
 
     def finish(self, op: Operator, out_params: quant.QParams | None = None) -> None:
         """Make the op's activation inputs int8 and its output int8 (with ``out_params`` if given)."""
@@ -114,7 +122,7 @@ class _Quantizer:
         out = self.g.tensors[op.outputs[0]]
         if out_params is not None:
             quant.set_params(out, out_params)
-        out.dtype = "int8"
+        out.dtype = self.act
         self.ops.append(op)
 
     def fallback(self, op: Operator) -> None:
@@ -144,7 +152,10 @@ def _weighted(q: _Quantizer, op: Operator) -> bool:
     bias = op.inputs[b_i] if len(op.inputs) > b_i else None
     if bias is not None:
         b_params = quant.bias_params(q.params(x).scale, w_params)  # type: ignore[union-attr]
-        op.inputs[b_i] = q.stored(bias, quant.quantize_bias(q.g.const(bias), b_params), b_params)
+        # 16x8 kernels accumulate in int64 and read an int64 bias (the 16x8 spec).
+        b_dtype = "int64" if q.act == "int16" else "int32"
+        b_q = quant.quantize_bias(q.g.const(bias), b_params, b_dtype)
+        op.inputs[b_i] = q.stored(bias, b_q, b_params)
     q.finish(op, out)
     return True
 
@@ -157,7 +168,10 @@ def _own_output(q: _Quantizer, op: Operator) -> bool:
     for i, name in enumerate(op.inputs):
         value = q.g.const(name)
         if value is not None and q.g.tensors[name].dtype == "float32":  # type: ignore[index]
-            op.inputs[i] = q.const(name, value, quant.minmax_params(value))  # type: ignore[arg-type]
+            op.inputs[i] = q.const(name, value, quant.minmax_params(value, q.act))  # type: ignore[arg-type]
+    if q.act == "int16" and op.op in ("ADD", "SUB"):
+        # ONNX scales are arbitrary: the general int16 kernel, not the power-of-two one.
+        op.options["pot_scale_int16"] = False
     q.finish(op, out)
     return True
 
@@ -182,7 +196,8 @@ def _input_params(q: _Quantizer, op: Operator) -> bool:
 def _fixed_output(q: _Quantizer, op: Operator) -> bool:
     if not q.known(op):
         return False
-    q.finish(op, quant.FIXED_OUTPUT[op.op])
+    fixed = quant.FIXED_OUTPUT_INT16 if q.act == "int16" else quant.FIXED_OUTPUT
+    q.finish(op, fixed[op.op])
     return True
 
 
@@ -242,6 +257,41 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(quant.FIXED_OUTPUT, _fixed_output),
     "CONCATENATION": _concatenation,
 }
+
+#: Ops whose LiteRT kernel has an int16-activation (16x8) variant; others fall back to float.
+INT16_OPS = frozenset(
+    {
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "FULLY_CONNECTED",
+        "TRANSPOSE_CONV",
+        "ADD",
+        "SUB",
+        "MUL",
+        "MEAN",
+        "LEAKY_RELU",
+        "RELU",
+        "RELU6",
+        "MAX_POOL_2D",
+        "AVERAGE_POOL_2D",
+        "RESHAPE",
+        "TRANSPOSE",
+        "PAD",
+        "PADV2",
+        "SLICE",
+        "SQUEEZE",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "MAXIMUM",
+        "MINIMUM",
+        "REDUCE_MAX",
+        "REDUCE_MIN",
+        "SOFTMAX",
+        "LOGISTIC",
+        "TANH",
+        "CONCATENATION",
+    }
+)
 
 #: Ops whose int8 output must equal their input's parameters: unknown inputs inherit backwards.
 _SAME_PARAMS = {op for op, rule in RULES.items() if rule is _input_params}
@@ -363,15 +413,21 @@ def quantize_graph(
     graph: Graph,
     io_dtype: str = "float32",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    act_dtype: str = "int8",
 ) -> tuple[Graph, Int8Report]:
-    """Rewrite ``graph`` (float, tensors annotated with int8 params) as a full-integer graph."""
+    """Rewrite ``graph`` (float, tensors annotated with QDQ params) as a full-integer graph
+    with ``act_dtype`` activations ("int16": the 16x8 scheme, float32 I/O only)."""
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
-    q = _Quantizer(graph)
+    if act_dtype not in ACT_DTYPES:
+        raise ValueError(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
+    if act_dtype == "int16" and io_dtype != "float32":
+        raise ValueError("16x8 models take and give float32; use io_dtype='float32'")
+    q = _Quantizer(graph, act_dtype)
     _propagate_backwards(graph)
     _bind_inputs(q, io_dtype, normalization)
     for op in list(graph.operators):
-        rule = RULES.get(op.op)
+        rule = RULES.get(op.op) if act_dtype == "int8" or op.op in INT16_OPS else None
         if op.keep_float or rule is None or not rule(q, op):
             q.fallback(op)
     graph.operators = q.ops

@@ -9,9 +9,13 @@ The rules follow ``GetBuiltinOperatorVersion`` in TensorFlow's
 ``tensorflow/lite/tools/versioning/op_version.cc`` (with the per-op facts of
 ``op_signature.cc``: per-channel weights, grouped convolution, sparse weight), which is what
 the TFLite converter writes and what LiteRT's kernels register. Only the branches reachable
-with the tensor types the writer emits (float32, int8, uint8, int32, int64, bool) are kept:
-int16, int4, float16 and string variants cannot occur. An op without a rule is version 1, as
-in ``op_version.cc``'s default.
+with the tensor types the writer emits (float32, float16 constants, int8, uint8, int16
+activations of 16x8 models, int32, int64, bool) are kept: int4 and string variants cannot
+occur. An op without a rule is version 1, as in ``op_version.cc``'s default.
+
+16x8 ops (int16 activations, int8 weights) mostly keep low versions there: CONV_2D,
+DEPTHWISE_CONV_2D and FULLY_CONNECTED only test int16 *weights* (never written), so a 16x8
+conv is version 1 like the float one and its int64 bias is what selects the kernel.
 """
 
 from __future__ import annotations
@@ -109,6 +113,8 @@ def _fully_connected(s: _Signature) -> int:
 def _mul(s: _Signature) -> int:
     if s.in_type(0) == "int64":
         return 5
+    if s.in_type(0) == "int16":
+        return 4  # quantized int16 inputs; the unquantized int16 variant (7) is never written
     a, b, out = s.inputs[0], s.inputs[1], s.outputs[0]
     scaled = a is not None and b is not None and a.scales and b.scales and out.scales
     if scaled and a.scales[0] * b.scales[0] / out.scales[0] >= 1.0:
@@ -119,6 +125,8 @@ def _mul(s: _Signature) -> int:
 def _transpose(s: _Signature) -> int:
     if s.rank() > 5:
         return 6
+    if s.in_type(0) == "int16":
+        return 5
     if s.rank() > 4:
         return 4
     if s.in_type(0) == "bool":
@@ -138,10 +146,14 @@ def _transpose_conv(s: _Signature) -> int:
 def _slice(s: _Signature) -> int:
     if s.rank() > 4:
         return 5
+    if s.in_type(0) == "int16":
+        return 4
     return 2 if s.in_type(0) == "int8" else 1
 
 
 def _dequantize(s: _Signature) -> int:
+    if s.in_type(0) in ("int16", "float16"):
+        return 3
     if s.in_type(0) != "int8":
         return 1
     x = s.inputs[0]
@@ -153,7 +165,9 @@ def _dequantize(s: _Signature) -> int:
 def _quantize(s: _Signature) -> int:
     out = s.outputs[0]
     scales = out.scales or []
-    return 3 if len(scales) > 1 and len(scales) == out.shape[out.quantized_dimension] else 1
+    if len(scales) > 1 and len(scales) == out.shape[out.quantized_dimension]:
+        return 3
+    return 2 if out.dtype == "int16" else 1
 
 
 def _abs(s: _Signature) -> int:
@@ -163,18 +177,24 @@ def _abs(s: _Signature) -> int:
 
 
 def _resize_bilinear(s: _Signature) -> int:
+    if s.in_type(0) == "int16":
+        return 4
     if s.option("half_pixel_centers", False):
         return 3
     return 2 if s.in_type(0) == "int8" else 1
 
 
 def _resize_nearest(s: _Signature) -> int:
+    if s.in_type(0) == "int16":
+        return 4
     if s.option("half_pixel_centers", False) or s.option("align_corners", False):
         return 3
     return 2 if s.in_type(0) == "int8" else 1
 
 
 def _maximum_minimum(s: _Signature) -> int:
+    if s.in_type(0) == s.out_type() == "int16":
+        return 4
     if s.broadcast_above_4d():
         return 3
     return 2 if s.in_type(0) == "int8" else 1
@@ -183,10 +203,14 @@ def _maximum_minimum(s: _Signature) -> int:
 def _add(s: _Signature) -> int:
     if s.in_type(0) == "int64":
         return 4
+    if s.in_type(0) == s.out_type() == "int16" and not s.option("pot_scale_int16", True):
+        return 3
     return 2 if s.in_type(0) == "int8" else 1
 
 
 def _sub(s: _Signature) -> int:
+    if s.in_type(0) == s.out_type() == "int16" and not s.option("pot_scale_int16", True):
+        return 5
     if s.in_type(0) == "int64":
         return 4
     if s.broadcast_above_4d():
@@ -209,11 +233,30 @@ def _batch_matmul(s: _Signature) -> int:
 def _pad(s: _Signature) -> int:
     if s.rank() > 4:
         return 4
+    if s.in_type(0) == "int16":
+        return 3
     return 2 if s.in_type(0) == "int8" else 1
 
 
 def _int8_is_2(s: _Signature) -> int:
     return 2 if s.in_type(0) == "int8" else 1
+
+
+def _int16_is_3(s: _Signature) -> int:
+    """int16 -> 3, int8 -> 2 (pooling, TANH / LOGISTIC: int16 in and out)."""
+    if s.in_type(0) == "int16":
+        return 3
+    return _int8_is_2(s)
+
+
+def _relu(s: _Signature) -> int:
+    if s.in_type(0) == "int16":
+        return 3
+    return _int8_or_uint8_is_2(s)
+
+
+def _leaky_relu(s: _Signature) -> int:
+    return 2 if s.in_type(0) == "int16" else 1
 
 
 def _int8_or_uint8_is_2(s: _Signature) -> int:
@@ -231,7 +274,8 @@ _RULES: dict[str, Callable[[_Signature], int]] = {
     "DEQUANTIZE": _dequantize,
     "QUANTIZE": _quantize,
     "ABS": _abs,
-    "RELU": _int8_or_uint8_is_2,
+    "RELU": _relu,
+    "LEAKY_RELU": _leaky_relu,
     "RESIZE_BILINEAR": _resize_bilinear,
     "RESIZE_NEAREST_NEIGHBOR": _resize_nearest,
     "MAXIMUM": _maximum_minimum,
@@ -242,7 +286,7 @@ _RULES: dict[str, Callable[[_Signature], int]] = {
     "BATCH_MATMUL": _batch_matmul,
     "PAD": _pad,
     "PADV2": _pad,
-    # One case in op_version.cc each: int8 input -> 2 (their int16 -> 3 cannot occur here).
+    # One case in op_version.cc each: int16 input -> 3, int8 -> 2.
     **dict.fromkeys(
         (
             "MAX_POOL_2D",
@@ -255,6 +299,12 @@ _RULES: dict[str, Callable[[_Signature], int]] = {
             "REDUCE_MAX",
             "REDUCE_MIN",
             "RELU6",
+        ),
+        _int16_is_3,
+    ),
+    # int8 input -> 2 (the 16x8 path keeps these in float, so int16 cannot reach them).
+    **dict.fromkeys(
+        (
             "SUM",
             "EXP",
             "LOG",

@@ -16,6 +16,8 @@ import numpy as np
 from exporter.tflite.ir import Tensor
 
 INT8_MIN, INT8_MAX = -128, 127
+INT16_MIN, INT16_MAX = -32768, 32767
+_RANGES = {"int8": (INT8_MIN, INT8_MAX), "uint8": (0, 255), "int16": (INT16_MIN, INT16_MAX)}
 WEIGHT_QMAX = 127  # symmetric weights leave -128 unused so that -w is representable
 
 #: Filter axis that holds the output channel, per TFLite op (TFLite layouts, not ONNX).
@@ -63,6 +65,13 @@ FIXED_OUTPUT = {
     "SOFTMAX": QParams.per_tensor(1.0 / 256.0, -128),
     "LOGISTIC": QParams.per_tensor(1.0 / 256.0, -128),
     "TANH": QParams.per_tensor(1.0 / 128.0, 0),
+}
+
+#: The same for int16 activations (16x8 spec: symmetric, zero point 0, full int16 range).
+FIXED_OUTPUT_INT16 = {
+    "SOFTMAX": QParams.per_tensor(1.0 / 32768.0, 0),
+    "LOGISTIC": QParams.per_tensor(1.0 / 32768.0, 0),
+    "TANH": QParams.per_tensor(1.0 / 32768.0, 0),
 }
 
 #: A raw uint8 camera pixel p, read as the value p itself.
@@ -117,7 +126,7 @@ def set_params(tensor: Tensor, params: QParams | None) -> None:
 
 def quantize_array(x: np.ndarray, params: QParams, dtype: str = "int8") -> np.ndarray:
     """Round-half-to-even like ONNX QuantizeLinear and TFLite's reference QUANTIZE."""
-    lo, hi = (0, 255) if dtype == "uint8" else (INT8_MIN, INT8_MAX)
+    lo, hi = _RANGES[dtype]
     shape = [1] * np.ndim(x)
     if len(params.scales) > 1:
         shape[params.axis] = -1
@@ -159,18 +168,24 @@ def bias_params(input_scale: float, weight: QParams) -> QParams:
     return QParams(scales, (0,) * len(scales), 0)
 
 
-def quantize_bias(b: np.ndarray, params: QParams) -> np.ndarray:
+def quantize_bias(b: np.ndarray, params: QParams, dtype: str = "int32") -> np.ndarray:
+    """int32 bias (int8 kernels) or int64 (16x8 kernels)."""
     scale = np.asarray(params.scales, np.float64)
     q = np.rint(np.asarray(b, np.float64) / scale)
+    if dtype == "int64":
+        return q.astype(np.int64)
     return np.clip(q, -(2**31) + 1, 2**31 - 1).astype(np.int32)
 
 
-def minmax_params(x: np.ndarray) -> QParams:
-    """Per-tensor asymmetric int8 parameters covering ``x`` and 0 (for constant operands)."""
+def minmax_params(x: np.ndarray, dtype: str = "int8") -> QParams:
+    """Per-tensor parameters covering ``x`` and 0 (for constant operands): asymmetric int8,
+    or symmetric int16 with zero point 0 as the 16x8 kernels require."""
     lo = min(float(np.min(x)), 0.0) if np.size(x) else 0.0
     hi = max(float(np.max(x)), 0.0) if np.size(x) else 0.0
     if hi == lo:
         return QParams.per_tensor(1.0, 0)
+    if dtype == "int16":
+        return QParams.per_tensor(max(hi, -lo) / INT16_MAX, 0)
     scale = (hi - lo) / (INT8_MAX - INT8_MIN)
     zero_point = int(np.clip(round(INT8_MIN - lo / scale), INT8_MIN, INT8_MAX))
     return QParams.per_tensor(scale, zero_point)

@@ -23,7 +23,9 @@ _BUFFER_ALIGNMENT = 16  # what the TFLite converter uses; lets kernels read weig
 
 _TENSOR_TYPES = {
     "float32": schema.TensorType.FLOAT32,
+    "float16": schema.TensorType.FLOAT16,
     "int32": schema.TensorType.INT32,
+    "int16": schema.TensorType.INT16,
     "int8": schema.TensorType.INT8,
     "uint8": schema.TensorType.UINT8,
     "int64": schema.TensorType.INT64,

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from exporter.common.atomic import atomic_path, check_out_path, check_writable, output_lock
+from exporter.common.atomic import atomic_path, check_writable
+from exporter.common.out_path import check_out_path
+from exporter.common.output_lock import output_lock
 from exporter.common.progress import make_progress
 from exporter.errors import EdgepackError, ModelLoadError
 from exporter.inputs.data import channel_stats, check_fits

@@ -105,6 +105,15 @@ def test_extends_cycle(tmp_path):
         load_recipe(str(tmp_path / "a.toml"))
 
 
+def test_android_gpu_defaults_to_fp16_tflite_on_the_phone_class_cpu():
+    gpu, cpu = load_recipe("android-gpu"), load_recipe("android-arm64")
+    assert gpu.export.precisions == ["fp16"] and gpu.export.formats == ["tflite"]
+    assert gpu.export.storage == ["dense"]
+    # Validated where android-arm64 is: the same emulated phone CPU and budgets.
+    assert gpu.device == cpu.device and gpu.budgets == cpu.budgets
+    assert "android-gpu" in available_targets()
+
+
 def test_unknown_target_lists_known():
     with pytest.raises(RecipeError, match="unknown target 'pi9'.*x86_64"):
         load_recipe("pi9")

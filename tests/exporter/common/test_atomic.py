@@ -11,14 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from exporter.common.atomic import (
-    Marker,
-    atomic_dir,
-    atomic_path,
-    check_out_path,
-    lock_path,
-    output_lock,
-)
+from exporter.common.atomic import Marker, atomic_dir, atomic_path
+from exporter.common.out_path import check_out_path
+from exporter.common.output_lock import lock_path, output_lock
 from exporter.errors import OutputExistsError, OutputPathError, OutputWriteError
 from tests.helpers import ROOT
 
@@ -137,7 +132,7 @@ def test_out_beside_the_inputs_is_fine(out, tmp_path, monkeypatch):
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from exporter.common.atomic import output_lock
+    from exporter.common.output_lock import output_lock
     with output_lock(sys.argv[1]):
         print("locked", flush=True)
         sys.stdin.readline()

@@ -13,6 +13,7 @@ from nets import build
 from onnx import helper
 from tflite_testutil import RESOLVERS, make_model
 
+from exporter.quantize.onnx_int8 import QuantSettings, quantize_onnx
 from exporter.tflite import convert_model
 
 CHW = (3, 32, 32)
@@ -25,6 +26,11 @@ _NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startsw
 # (int8 fixed-point kernel), DEQUANTIZE 2 (int8 per-tensor input), QUANTIZE 1 (per-tensor
 # output), HARD_SWISH / RESHAPE 1 (no rule), RESIZE_NEAREST_NEIGHBOR 2 (int8, no half-pixel),
 # the rest 2 (int8 input). The mixed net keeps one MEAN in float beside its int8 MEANs.
+# fp16: DEQUANTIZE 3 (float16 input), the float ops 1. dynamic (hybrid: float32 input and
+# output, int8 per-channel filter): CONV_2D 5, DEPTHWISE_CONV_2D 6, FULLY_CONNECTED 12.
+# int16x8: CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED fall through to 1 (their int16
+# branches test an int16 *filter*), ADD 3 (int16 with pot_scale_int16 false), DEQUANTIZE 3
+# (int16 input), QUANTIZE 2 (int16 output), MEAN / PAD 3 (int16 input), RESHAPE 1.
 EXPECTED = {
     ("mixed", "fp32"): {
         "CONCATENATION": [1],
@@ -74,6 +80,36 @@ EXPECTED = {
         "QUANTIZE": [1],
         "RESHAPE": [1],
     },
+    ("mobilenetv2", "fp16"): {
+        "ADD": [1],
+        "CONV_2D": [1],
+        "DEPTHWISE_CONV_2D": [1],
+        "DEQUANTIZE": [3],
+        "FULLY_CONNECTED": [1],
+        "MEAN": [1],
+        "PAD": [1],
+        "RESHAPE": [1],
+    },
+    ("mobilenetv2", "dynamic"): {
+        "ADD": [1],
+        "CONV_2D": [5],
+        "DEPTHWISE_CONV_2D": [6],
+        "FULLY_CONNECTED": [12],
+        "MEAN": [1],
+        "PAD": [1],
+        "RESHAPE": [1],
+    },
+    ("mobilenetv2", "int16x8"): {
+        "ADD": [3],
+        "CONV_2D": [1],
+        "DEPTHWISE_CONV_2D": [1],
+        "DEQUANTIZE": [3],
+        "FULLY_CONNECTED": [1],
+        "MEAN": [3],
+        "PAD": [3],
+        "QUANTIZE": [2],
+        "RESHAPE": [1],
+    },
 }
 
 
@@ -108,6 +144,16 @@ def converted(tmp_path_factory) -> dict[tuple[str, str], bytes]:
         fp32, int8 = qdq_model(build(name), CHW, tmp_path_factory.mktemp(name), calib=calib)
         out[name, "fp32"] = convert_model(onnx.load(fp32))[0]
         out[name, "int8"] = convert_model(onnx.load(int8))[0]
+        for precision in ("fp16", "dynamic"):
+            out[name, precision] = convert_model(onnx.load(fp32), precision=precision)[0]
+        wide = quantize_onnx(
+            fp32,
+            fp32.with_name("int16x8.onnx"),
+            QuantSettings(activations="int16"),
+            calib_inputs=None,
+            cache=fp32.with_name("calib.json"),
+        )
+        out[name, "int16x8"] = convert_model(onnx.load(wide))[0]
     return out
 
 
