@@ -175,15 +175,15 @@ def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]
     )
 
 
-def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8") -> QuantOutcome:
-    """Calibrate on training images and search for an int8 model (16x8 with
-    ``activations="int16"``) within quantize.max_drop."""
-    q = recipe.quantize
-    calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
-    outcome = quantize_stage(
-        tmp / ONNX_FP32,
-        tmp / (ONNX_INT16X8 if activations == "int16" else ONNX_INT8),
-        q,
+def _search(
+    fp32: Path, out: Path, recipe: Recipe, images: tuple, activations: str = "int8"
+) -> QuantOutcome:
+    """The quantize stage's search on ``fp32`` with the (calibration, tuning, labels) images."""
+    calib_x, tune_x, tune_y = images
+    return quantize_stage(
+        fp32,
+        out,
+        recipe.quantize,
         calib_x=calib_x,
         tune_x=tune_x,
         tune_y=tune_y,
@@ -191,6 +191,16 @@ def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8"
         cpu=describe_cpu(),
         activations=activations,
     )
+
+
+def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8") -> QuantOutcome:
+    """Calibrate on training images and search for an int8 model (16x8 with
+    ``activations="int16"``) within quantize.max_drop."""
+    q = recipe.quantize
+    images = _quantization_images(recipe, splits, norm)
+    calib_x = images[0]
+    out = tmp / (ONNX_INT16X8 if activations == "int16" else ONNX_INT8)
+    outcome = _search(tmp / ONNX_FP32, out, recipe, images, activations)
     outcome.calibration_note = (
         f"{len(calib_x)} training images"
         if len(calib_x) == q.calibration_samples
@@ -216,7 +226,8 @@ def _qat(
     against the *original* fp32 model; ``outcome`` then describes it.
     """
     q, ft = recipe.quantize, recipe.compress.finetune
-    calib_x, tune_x, tune_y = _quantization_images(recipe, splits, norm)
+    images = _quantization_images(recipe, splits, norm)
+    calib_x = images[0]
     model = copy_model(compressed)
     cfg = TrainConfig(
         epochs=q.qat_epochs, lr=q.qat_lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
@@ -227,16 +238,7 @@ def _qat(
     qat_dir = tmp / QAT_DIR
     qat_dir.mkdir()
     export_onnx(model, splits.eval.image_shape, qat_dir / ONNX_FP32, opset=recipe.export.opset)
-    found = quantize_stage(
-        qat_dir / ONNX_FP32,
-        qat_dir / ONNX_INT8,
-        q,
-        calib_x=calib_x,
-        tune_x=tune_x,
-        tune_y=tune_y,
-        device_kind=recipe.device.kind,
-        cpu=describe_cpu(),
-    )
+    found = _search(qat_dir / ONNX_FP32, qat_dir / ONNX_INT8, recipe, images)
     best_before = min(a["drop"] for a in outcome.attempts)
     tuned = next(a for a in found.attempts if a["chosen"])["tuning_accuracy"]
     drop = outcome.fp32_tuning_accuracy - tuned
