@@ -84,6 +84,10 @@ def convert_model(
     type, dense bytes, stored bytes, consumer. A sparse file is not always smaller than the
     dense one (each kept encoding is, but DENSIFY ops cost a little): compare before keeping.
 
+    ``delegate`` also picks int8 encodings: for "xnnpack", int8 ops it has no kernel for
+    (HARD_SWISH, GELU, a padded AVERAGE_POOL_2D) run in float between DEQUANTIZE and QUANTIZE
+    (listed in ``float_fallback_ops``) and an unpadded average pool is a DEPTHWISE_CONV_2D.
+
     ``precision`` ("fp32", "fp16", "dynamic") is for a float model: float16 weight buffers
     widened by DEQUANTIZE, or int8 per-channel weights on LiteRT's hybrid kernels. A QDQ
     model's precision is its own: int8, or int16x8 when its activations are int16.
@@ -152,7 +156,12 @@ def convert_onnx_file(
         check_writable(target, force)
     model = load_onnx_file(onnx_path)
     graph, info = lower_model(
-        model, input_layout, io_dtype=io_dtype, normalization=normalization, precision=precision
+        model,
+        input_layout,
+        io_dtype=io_dtype,
+        normalization=normalization,
+        precision=precision,
+        delegate=delegate,
     )
     data, stored, rows = store(graph, storage, delegate)
     stats = _stats(stored, dataclasses.replace(info, tensors=rows), input_layout, storage)

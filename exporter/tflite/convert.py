@@ -13,6 +13,7 @@ from exporter.tflite import layout as L
 from exporter.tflite.context import ConversionContext
 from exporter.tflite.int8 import IO_DTYPES, quantize_graph
 from exporter.tflite.ir import Graph
+from exporter.tflite.onnx_fusion import fuse_patterns
 from exporter.tflite.onnx_reader import OnnxGraph, node_label, read_graph
 from exporter.tflite.passes import run_passes
 from exporter.tflite.precision import to_dynamic_range, to_float16
@@ -94,7 +95,7 @@ def lower(
     """
     if input_layout not in INPUT_LAYOUTS:
         raise ValueError(f"input_layout must be one of {INPUT_LAYOUTS}, got {input_layout!r}")
-    ctx = ConversionContext(onnx_graph)
+    ctx = ConversionContext(fuse_patterns(onnx_graph))
     if qdq_info is not None:
         ctx.qparams, ctx.float_nodes = qdq_info.params, qdq_info.float_nodes
     preflight(ctx)
@@ -136,16 +137,20 @@ def lower_model(
     io_dtype: str = "float32",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     precision: str = "fp32",
+    delegate: str = "xnnpack",
 ) -> tuple[Graph, ConvertInfo]:
     """ONNX -> the final IR graph, not yet serialized; a QDQ model becomes full-integer
     (int8, or int16x8 when its activations are int16).
 
     ``precision`` applies to a float model only: "fp16" stores float16 weights, "dynamic"
     int8 weights on the hybrid kernels (see ``precision.py``). One lowering can be stored
-    several ways with :func:`store`.
+    several ways with :func:`store`. ``delegate`` ("xnnpack" or "none") picks the int8
+    encodings the target's kernels run (see ``int8.quantize_graph``).
     """
     if precision not in FLOAT_PRECISIONS:
         raise ValueError(f"precision must be one of {FLOAT_PRECISIONS}, got {precision!r}")
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate must be one of {DELEGATES}, got {delegate!r}")
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     if (io_dtype == "uint8") != (normalization is not None):
@@ -175,7 +180,7 @@ def lower_model(
     onnx_graph = read_graph(model)
     info = fold_qdq.fold_qdq(onnx_graph, weights)
     graph, report = quantize_graph(
-        lower(onnx_graph, input_layout, info), io_dtype, normalization, act_dtype
+        lower(onnx_graph, input_layout, info), io_dtype, normalization, act_dtype, delegate
     )
     name = "int16x8" if act_dtype == "int16" else "int8"
     return graph, ConvertInfo(name, io_dtype, report.float_fallback_ops, report.normalization)
@@ -211,7 +216,12 @@ def convert(
     """
     check_storage(storage, delegate)
     graph, info = lower_model(
-        model, input_layout, io_dtype=io_dtype, normalization=normalization, precision=precision
+        model,
+        input_layout,
+        io_dtype=io_dtype,
+        normalization=normalization,
+        precision=precision,
+        delegate=delegate,
     )
     data, stored, info.tensors = store(graph, storage, delegate)
     return data, stored, info

@@ -14,6 +14,11 @@ operator is lowered by one small rule keyed by its TFLite op code:
 Anything else, or an op whose parameters are unknown (ONNX left it in float), runs in float
 between a DEQUANTIZE and a QUANTIZE and is listed in ``float_fallback_ops``.
 
+For an XNNPACK target (``delegate="xnnpack"``) the int8 ops XNNPACK has no kernel for run in
+float too (HARD_SWISH, GELU, a padded AVERAGE_POOL_2D: XNNPACK takes the DEQUANTIZE, the float
+op and the QUANTIZE, so the model stays one delegate partition), and an unpadded
+AVERAGE_POOL_2D becomes the DEPTHWISE_CONV_2D XNNPACK runs in int8.
+
 The same rules write the 16x8 scheme (``act_dtype="int16"``): int16 activations with zero
 point 0, the same int8 weights, int64 biases, the int16 fixed output parameters, and ADD/SUB
 with general (not power-of-two) scales; only ops whose LiteRT kernel takes int16 are lowered
@@ -43,9 +48,10 @@ class Int8Report:
 
 
 class _Quantizer:
-    def __init__(self, graph: Graph, act: str = "int8"):
+    def __init__(self, graph: Graph, act: str = "int8", delegate: str = "xnnpack"):
         self.g = graph
         self.act = act  # activation dtype: "int8" or "int16" (16x8)
+        self.xnnpack = act == "int8" and delegate == "xnnpack"  # pick encodings XNNPACK runs
         self.ops: list[Operator] = []  # the rewritten operator list, in execution order
         self._int8_copy: dict[str, str] = {}
         self._float_copy: dict[str, str] = {}
@@ -201,6 +207,56 @@ def _fixed_output(q: _Quantizer, op: Operator) -> bool:
     return True
 
 
+def _pads_nothing(op: Operator, in_hw: Sequence[int]) -> bool:
+    if op.options.get("padding") == "VALID":
+        return True
+    kernel = (op.options["filter_height"], op.options["filter_width"])
+    strides = (op.options["stride_h"], op.options["stride_w"])
+    return all(
+        (-(-size // s) - 1) * s + k <= size
+        for size, k, s in zip(in_hw, kernel, strides, strict=True)
+    )
+
+
+def _average_pool(q: _Quantizer, op: Operator) -> bool:
+    """XNNPACK has no int8 AVERAGE_POOL_2D but runs int8 DEPTHWISE_CONV_2D: a window that never
+    covers padding is a depthwise conv with weights 1/(kh*kw) (stored exactly: 127 at scale
+    1/(127*kh*kw)). A padded window must leave the padding out of its count, which only the
+    pool does: for XNNPACK it runs in float, elsewhere as the int8 pool."""
+    src = op.inputs[0]
+    shape = q.g.tensors[src].shape if src is not None else ()
+    if not q.xnnpack or len(shape) != 4:
+        return _input_params(q, op)
+    if not _pads_nothing(op, shape[1:3]):
+        return False  # in float between DEQUANTIZE and QUANTIZE, which XNNPACK runs
+    if q.is_const(src) or q.params(src) is None:  # type: ignore[arg-type]
+        return False
+    out = q.g.tensors[op.outputs[0]]
+    if quant.params_of(out) is None:
+        quant.set_params(out, q.params(src))  # type: ignore[arg-type]
+    kh, kw = op.options["filter_height"], op.options["filter_width"]
+    weights = np.full((1, kh, kw, shape[3]), 1.0 / (kh * kw), np.float32)
+    conv = Operator(
+        "DEPTHWISE_CONV_2D",
+        [
+            src,
+            q.g.add_const(f"{op.outputs[0]}_window", weights),
+            q.g.add_const(f"{op.outputs[0]}_zero_bias", np.zeros(shape[3], np.float32)),
+        ],
+        list(op.outputs),
+        dict(
+            padding=op.options["padding"],
+            stride_h=op.options["stride_h"],
+            stride_w=op.options["stride_w"],
+            depth_multiplier=1,
+            dilation_h_factor=1,
+            dilation_w_factor=1,
+            fused_activation_function=op.options.get("fused_activation_function", "NONE"),
+        ),
+    )
+    return _weighted(q, conv)
+
+
 def _concatenation(q: _Quantizer, op: Operator) -> bool:
     out = q.params(op.outputs[0])
     if out is None or not q.known(op):
@@ -212,6 +268,20 @@ def _concatenation(q: _Quantizer, op: Operator) -> bool:
         else:
             op.inputs[i] = q.requantized(name, out)  # type: ignore[arg-type]
     q.finish(op, out)
+    return True
+
+
+def _split(q: _Quantizer, op: Operator) -> bool:
+    """SPLIT copies integers: every output keeps the parameters of the data (input 1)."""
+    data = op.inputs[1]
+    params = q.params(data) if data is not None and not q.is_const(data) else None
+    if params is None:
+        return False
+    op.inputs[1] = q.int8(data)
+    for name in op.outputs:
+        quant.set_params(q.g.tensors[name], params)
+        q.g.tensors[name].dtype = q.act
+    q.ops.append(op)
     return True
 
 
@@ -227,6 +297,8 @@ RULES: dict[str, Rule] = {
             "MEAN",
             "SUM",
             "HARD_SWISH",
+            "GELU",
+            "RSQRT",
             "LEAKY_RELU",
             "PRELU",
             "RELU",
@@ -238,12 +310,13 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(
         (
             "MAX_POOL_2D",
-            "AVERAGE_POOL_2D",
             "RESHAPE",
             "TRANSPOSE",
             "PAD",
             "PADV2",
             "SLICE",
+            "STRIDED_SLICE",
+            "GATHER",
             "SQUEEZE",
             "RESIZE_BILINEAR",
             "RESIZE_NEAREST_NEIGHBOR",
@@ -254,6 +327,8 @@ RULES: dict[str, Rule] = {
         ),
         _input_params,
     ),
+    "SPLIT": _split,
+    "AVERAGE_POOL_2D": _average_pool,
     **dict.fromkeys(quant.FIXED_OUTPUT, _fixed_output),
     "CONCATENATION": _concatenation,
 }
@@ -279,6 +354,8 @@ INT16_OPS = frozenset(
         "PAD",
         "PADV2",
         "SLICE",
+        "SPLIT",
+        "GATHER",
         "SQUEEZE",
         "RESIZE_BILINEAR",
         "RESIZE_NEAREST_NEIGHBOR",
@@ -293,8 +370,13 @@ INT16_OPS = frozenset(
     }
 )
 
+#: int8 kernels XNNPACK lacks (LiteRT 2.3). For an XNNPACK target these ops run in float
+#: between DEQUANTIZE and QUANTIZE, which XNNPACK takes, so the graph stays one delegate
+#: partition; float-then-round is also exactly what onnxruntime computes for the QDQ model.
+XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU"})
+
 #: Ops whose int8 output must equal their input's parameters: unknown inputs inherit backwards.
-_SAME_PARAMS = {op for op, rule in RULES.items() if rule is _input_params}
+_SAME_PARAMS = {op for op, rule in RULES.items() if rule in (_input_params, _average_pool)}
 
 
 def _propagate_backwards(graph: Graph) -> None:
@@ -414,21 +496,26 @@ def quantize_graph(
     io_dtype: str = "float32",
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
     act_dtype: str = "int8",
+    delegate: str = "xnnpack",
 ) -> tuple[Graph, Int8Report]:
     """Rewrite ``graph`` (float, tensors annotated with QDQ params) as a full-integer graph
-    with ``act_dtype`` activations ("int16": the 16x8 scheme, float32 I/O only)."""
+    with ``act_dtype`` activations ("int16": the 16x8 scheme, float32 I/O only).
+
+    ``delegate="xnnpack"`` picks int8 encodings LiteRT's XNNPACK delegate runs (see
+    ``XNNPACK_FLOAT_OPS`` and ``_average_pool``); "none" keeps every builtin int8 kernel."""
     if io_dtype not in IO_DTYPES:
         raise ValueError(f"io_dtype must be one of {IO_DTYPES}, got {io_dtype!r}")
     if act_dtype not in ACT_DTYPES:
         raise ValueError(f"act_dtype must be one of {ACT_DTYPES}, got {act_dtype!r}")
     if act_dtype == "int16" and io_dtype != "float32":
         raise ValueError("16x8 models take and give float32; use io_dtype='float32'")
-    q = _Quantizer(graph, act_dtype)
+    q = _Quantizer(graph, act_dtype, delegate)
     _propagate_backwards(graph)
     _bind_inputs(q, io_dtype, normalization)
     for op in list(graph.operators):
         rule = RULES.get(op.op) if act_dtype == "int8" or op.op in INT16_OPS else None
-        if op.keep_float or rule is None or not rule(q, op):
+        in_float = op.keep_float or (q.xnnpack and op.op in XNNPACK_FLOAT_OPS)
+        if in_float or rule is None or not rule(q, op):
             q.fallback(op)
     graph.operators = q.ops
     _bind_outputs(q, io_dtype)

@@ -151,6 +151,33 @@ def _slice(s: _Signature) -> int:
     return 2 if s.in_type(0) == "int8" else 1
 
 
+def _split(s: _Signature) -> int:
+    # SPLIT's data is input 1 (input 0 is the axis).
+    return {"int16": 4, "int32": 3, "int8": 2}.get(s.in_type(1) or "", 1)
+
+
+def _strided_slice(s: _Signature) -> int:
+    if s.option("offset", False):
+        return 8
+    if s.option("ellipsis_mask", 0) or s.option("new_axis_mask", 0):
+        return 6
+    if s.rank() > 4:
+        return 4
+    return 2 if s.in_type(0) == "int8" else 1
+
+
+def _gather(s: _Signature) -> int:
+    if s.in_type(1) == "int16":
+        return 6
+    if s.option("batch_dims", 0):
+        return 5
+    if s.in_type(0) == "int16":
+        return 4
+    if s.in_type(0) == "bool":
+        return 3
+    return 2 if s.in_type(0) == "int8" else 1
+
+
 def _dequantize(s: _Signature) -> int:
     if s.in_type(0) in ("int16", "float16"):
         return 3
@@ -271,6 +298,9 @@ _RULES: dict[str, Callable[[_Signature], int]] = {
     "TRANSPOSE": _transpose,
     "TRANSPOSE_CONV": _transpose_conv,
     "SLICE": _slice,
+    "SPLIT": _split,
+    "STRIDED_SLICE": _strided_slice,
+    "GATHER": _gather,
     "DEQUANTIZE": _dequantize,
     "QUANTIZE": _quantize,
     "ABS": _abs,
@@ -305,6 +335,7 @@ _RULES: dict[str, Callable[[_Signature], int]] = {
     # int8 input -> 2 (the 16x8 path keeps these in float, so int16 cannot reach them).
     **dict.fromkeys(
         (
+            "GELU",
             "SUM",
             "EXP",
             "LOG",

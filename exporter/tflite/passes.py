@@ -160,6 +160,72 @@ def fold_affine(graph: Graph) -> Graph:
     return graph
 
 
+def _const_operand(graph: Graph, op: Operator, live: str) -> np.ndarray | None:
+    """The constant operand of a two-input op whose other input is ``live``."""
+    if len(op.inputs) != 2 or op.inputs.count(live) != 1:
+        return None
+    other = op.inputs[1] if op.inputs[0] == live else op.inputs[0]
+    return graph.const(other)
+
+
+def _per_channel_affine(
+    graph: Graph, mul: Operator
+) -> tuple[Operator, np.ndarray, np.ndarray] | None:
+    """(ADD/SUB, scale, shift) when ``mul`` and its single reader compute x * scale + shift per
+    channel of a rank-4 (NHWC) tensor, with no broadcast and no fused activation."""
+    x = next((i for i in mul.inputs if i is not None and graph.const(i) is None), None)
+    if x is None or len(graph.tensors[x].shape) != 4:
+        return None
+    shape = graph.tensors[x].shape
+    scale = _const_operand(graph, mul, x)
+    user = _single_consumer(graph, mul.outputs[0])
+    if scale is None or user is None or user.op not in ("ADD", "SUB"):
+        return None
+    shift = _const_operand(graph, user, mul.outputs[0])
+    if shift is None or (user.op == "SUB" and user.inputs[0] != mul.outputs[0]):
+        return None
+    if any(o.options.get("fused_activation_function", "NONE") != "NONE" for o in (mul, user)):
+        return None
+    if graph.tensors[user.outputs[0]].shape != shape:
+        return None
+    scale_vec, shift_vec = _per_channel(scale, shape), _per_channel(shift, shape)
+    if scale_vec is None or shift_vec is None:
+        return None
+    return user, scale_vec, shift_vec if user.op == "ADD" else -shift_vec
+
+
+def affine_to_depthwise(graph: Graph) -> Graph:
+    """Write a per-channel MUL + ADD left after fold_affine (a BatchNorm with no conv in front,
+    as in DenseNet's pre-activation layers) as one 1x1 DEPTHWISE_CONV_2D: one pass over the
+    tensor instead of two, and in int8 one weighted op with an exact per-channel multiplier
+    instead of a MUL whose result ONNX never quantized (which kept both ops in float)."""
+    for mul in [o for o in graph.operators if o.op == "MUL"]:
+        found = _per_channel_affine(graph, mul)
+        if found is None:
+            continue
+        user, scale, shift = found
+        x = next(i for i in mul.inputs if i is not None and graph.const(i) is None)
+        name = user.outputs[0]
+        mul.op = "DEPTHWISE_CONV_2D"
+        mul.inputs = [
+            x,
+            graph.add_const(f"{name}_affine_scale", scale.reshape(1, 1, 1, -1)),
+            graph.add_const(f"{name}_affine_shift", shift),
+        ]
+        mul.outputs = [name]
+        mul.options = dict(
+            padding="VALID",
+            stride_h=1,
+            stride_w=1,
+            depth_multiplier=1,
+            dilation_h_factor=1,
+            dilation_w_factor=1,
+            fused_activation_function="NONE",
+        )
+        graph.operators.remove(user)
+    return graph
+
+
 # Builtin kernels clamp only for these (CalculateActivationRange); a fused TANH would be
 # silently ignored, so a separate TANH op is kept.
 _ACTIVATIONS = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
@@ -207,6 +273,53 @@ def cancel_transposes(graph: Graph) -> Graph:
     return graph
 
 
+#: Most inputs XNNPACK's delegate takes in one CONCATENATION (LiteRT 2.3); it leaves wider ones
+#: (DenseNet's dense blocks concatenate up to 33 maps) to the builtin kernel.
+XNNPACK_MAX_CONCAT_INPUTS = 5
+
+
+def split_wide_concats(graph: Graph) -> Graph:
+    """Rewrite a CONCATENATION of more than ``XNNPACK_MAX_CONCAT_INPUTS`` inputs as a tree of
+    narrower ones: the same bytes in the same order, each intermediate carrying the output's
+    quantization parameters so that an int8 concat still requantizes once."""
+    for op in [o for o in graph.operators if o.op == "CONCATENATION"]:
+        if len(op.inputs) <= XNNPACK_MAX_CONCAT_INPUTS:
+            continue
+        out = graph.tensors[op.outputs[0]]
+        axis = op.options["axis"] % len(out.shape)
+        at = graph.operators.index(op)
+        inputs = list(op.inputs)
+        while len(inputs) > XNNPACK_MAX_CONCAT_INPUTS:
+            grouped: list[str | None] = []
+            for start in range(0, len(inputs), XNNPACK_MAX_CONCAT_INPUTS):
+                group = inputs[start : start + XNNPACK_MAX_CONCAT_INPUTS]
+                if len(group) == 1:
+                    grouped.extend(group)
+                    continue
+                shapes = [graph.tensors[n].shape for n in group if n is not None]
+                shape = list(shapes[0])
+                shape[axis] = sum(s[axis] for s in shapes)
+                part = graph.add_tensor(f"{out.name}_part", shape, out.dtype)
+                if out.scales is not None:
+                    graph.tensors[part].scales = list(out.scales)
+                    graph.tensors[part].zero_points = list(out.zero_points or [])
+                graph.operators.insert(
+                    at,
+                    Operator(
+                        "CONCATENATION",
+                        group,
+                        [part],
+                        {"axis": op.options["axis"], "fused_activation_function": "NONE"},
+                        op.keep_float,
+                    ),
+                )
+                at += 1
+                grouped.append(part)
+            inputs = grouped
+        op.inputs = inputs
+    return graph
+
+
 def remove_dead(graph: Graph) -> Graph:
     """Drop ops nothing reads and tensors (with their buffers) nothing references."""
     live = set(graph.outputs)
@@ -228,8 +341,10 @@ PASSES: list[tuple[str, Pass]] = [
     ("remove_identity", remove_identity),
     ("fold_constants", fold_constants),
     ("fold_affine", fold_affine),
+    ("affine_to_depthwise", affine_to_depthwise),
     ("fuse_activations", fuse_activations),
     ("cancel_transposes", cancel_transposes),
+    ("split_wide_concats", split_wide_concats),
     ("remove_dead", remove_dead),
 ]
 

@@ -52,6 +52,9 @@ _OPTIONS = {
     "RESHAPE": "ReshapeOptions",
     "TRANSPOSE": "TransposeOptions",
     "SLICE": "SliceOptions",
+    "STRIDED_SLICE": "StridedSliceOptions",
+    "SPLIT": "SplitOptions",
+    "GATHER": "GatherOptions",
     "PAD": "PadOptions",
     "PADV2": "PadV2Options",
     "MAX_POOL_2D": "Pool2DOptions",
@@ -64,6 +67,7 @@ _OPTIONS = {
     "SOFTMAX": "SoftmaxOptions",
     "LEAKY_RELU": "LeakyReluOptions",
     "HARD_SWISH": "HardSwishOptions",
+    "GELU": "GeluOptions",
     "RESIZE_BILINEAR": "ResizeBilinearOptions",
     "RESIZE_NEAREST_NEIGHBOR": "ResizeNearestNeighborOptions",
 }

@@ -11,4 +11,5 @@ from exporter.tflite.ops import (  # noqa: F401
     reduce,
     resize,
     shape,
+    slicing,
 )

@@ -1,4 +1,4 @@
-"""TFLite activations: Relu, Clip, LeakyRelu, PRelu, Sigmoid, HardSigmoid, HardSwish, Tanh, Softmax.
+"""TFLite activations: Relu, Clip, LeakyRelu, PRelu, Sigmoid, HardSigmoid, HardSwish, Gelu, Tanh, Softmax.
 
 Activations keep their input's layout; the fuse_activations pass later folds RELU / RELU6 /
 RELU_N1_TO_1 into the producing conv, FC or arithmetic op.
@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from exporter.tflite import layout as L
+from exporter.tflite import quant
 from exporter.tflite.context import ConversionContext
 from exporter.tflite.ops.elementwise import emit_unary, register_unary
 from exporter.tflite.registry import CheckFn, converter
@@ -107,28 +108,90 @@ def convert_clip(node: onnx.NodeProto, ctx: ConversionContext) -> None:
     emit_clip(ctx, node.input[0], node.output[0], lo, hi)
 
 
-@converter("HardSigmoid", emits="MUL + ADD + RELU_0_TO_1")
+def _scaled_params(ctx: ConversionContext, onnx_name: str, factor: float) -> quant.QParams | None:
+    """int8 parameters of ``factor`` times ONNX value ``onnx_name`` (same integers)."""
+    params = ctx.qparams.get(onnx_name)
+    if params is None or factor <= 0 or len(params.scales) != 1:
+        return None
+    return quant.QParams.per_tensor(params.scale * factor, params.zero_point)
+
+
+def _step(
+    ctx: ConversionContext,
+    op: str,
+    inputs: list[str],
+    hint: str,
+    params: quant.QParams | None,
+    **options: object,
+) -> str:
+    shape = ctx.graph.tensors[inputs[0]].shape
+    out = ctx.temp(hint, shape)
+    if params is not None:
+        quant.set_params(ctx.graph.tensors[out], params)
+    ctx.emit(op, inputs, [out], **options)
+    return out
+
+
+@converter(
+    "HardSigmoid",
+    emits="[MUL 6*alpha] + ADD 6*beta + RELU6 + MUL 1/6 (a conv in front absorbs the MUL and "
+    "ADD; XNNPACK has no RELU_0_TO_1)",
+)
 def convert_hard_sigmoid(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    # clip(a*x + b, 0, 1) == relu6(6a*x + 6b) / 6. For torch's a = 1/6, b = 1/2 that is
+    # relu6(x + 3) / 6: the ADD folds into a preceding conv's bias and the RELU6 into its
+    # activation, leaving one MUL. In int8 the value before the final MUL holds the output's
+    # integers at six times its scale, so that MUL only relabels them.
     a = ctx.attrs(node)
     alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
-    lay = ctx.layout(node.input[0])
-    x = ctx.tensor(node.input[0], lay)
-    shape = ctx.graph.tensors[x].shape
-    scaled = ctx.temp(f"{node.output[0]}_scaled", shape)
-    shifted = ctx.temp(f"{node.output[0]}_shifted", shape)
-    ctx.emit(
-        "MUL",
-        [x, ctx.const_tensor(f"{scaled}_alpha", np.float32(alpha))],
-        [scaled],
-        fused_activation_function="NONE",
+    src, dst = node.input[0], node.output[0]
+    lay = ctx.layout(src)
+    x = ctx.tensor(src, lay)
+    six_out = _scaled_params(ctx, dst, 6.0)
+    none = {"fused_activation_function": "NONE"}
+    if not math.isclose(6.0 * alpha, 1.0, rel_tol=1e-6):
+        gain = ctx.const_tensor(f"{dst}_gain", np.float32(6.0 * alpha))
+        x = _step(
+            ctx, "MUL", [x, gain], f"{dst}_scaled", _scaled_params(ctx, src, 6.0 * alpha), **none
+        )
+    shift = ctx.const_tensor(f"{dst}_shift", np.float32(6.0 * beta))
+    shifted = _step(ctx, "ADD", [x, shift], f"{dst}_shifted", six_out, **none)
+    clipped = _step(ctx, "RELU6", [shifted], f"{dst}_relu6", six_out)
+    sixth = ctx.const_tensor(f"{dst}_sixth", np.float32(1.0 / 6.0))
+    ctx.emit("MUL", [clipped, sixth], [ctx.output(dst, lay)], **none)
+
+
+def _gelu_approximate(node: onnx.NodeProto, ctx: ConversionContext) -> str:
+    return str(ctx.attrs(node).get("approximate", "none"))
+
+
+def _check_gelu(node: onnx.NodeProto, ctx: ConversionContext) -> str | None:
+    approximate = _gelu_approximate(node, ctx)
+    if approximate not in ("none", "tanh"):
+        return f"approximate='{approximate}' is not 'none' or 'tanh'"
+    return None
+
+
+@converter(
+    "Gelu",
+    emits="GELU (approximate for 'tanh'); torch's Erf and tanh GELU sub-graphs are fused into it",
+    check=_check_gelu,
+)
+def convert_gelu(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    approximate = _gelu_approximate(node, ctx) == "tanh"
+    emit_unary(ctx, "GELU", node.input[0], node.output[0], approximate=approximate)
+
+
+def _check_erf(node: onnx.NodeProto, ctx: ConversionContext) -> str | None:
+    return (
+        "TFLite has no ERF; Erf converts only inside the exact GELU pattern "
+        "x * 0.5 * (1 + Erf(x / sqrt(2))) (nn.GELU())"
     )
-    ctx.emit(
-        "ADD",
-        [scaled, ctx.const_tensor(f"{shifted}_beta", np.float32(beta))],
-        [shifted],
-        fused_activation_function="NONE",
-    )
-    ctx.emit("RELU_0_TO_1", [shifted], [ctx.output(node.output[0], lay)])
+
+
+@converter("Erf", emits="only inside the exact GELU pattern (fused into GELU)", check=_check_erf)
+def convert_erf(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    raise ctx.error(_check_erf(node, ctx) or "")
 
 
 def _softmax_axis(node: onnx.NodeProto, ctx: ConversionContext) -> int:

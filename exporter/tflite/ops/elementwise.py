@@ -12,7 +12,7 @@ import onnx
 
 from exporter.tflite import layout as L
 from exporter.tflite.context import ConversionContext
-from exporter.tflite.registry import converter
+from exporter.tflite.registry import CheckFn, converter
 
 _FUSABLE = {"ADD", "SUB", "MUL", "DIV"}  # ops whose options carry fused_activation_function
 
@@ -66,10 +66,7 @@ def emit_binary(ctx: ConversionContext, op: str, operands: list[Operand], out_na
     ctx.emit(op, inputs, [ctx.output(out_name, target)], **options)
 
 
-def _binary(onnx_op: str, tfl_op: str) -> None:
-    def convert(node: onnx.NodeProto, ctx: ConversionContext) -> None:
-        emit_binary(ctx, tfl_op, [node.input[0], node.input[1]], node.output[0])
-
+def _binary_check(onnx_op: str) -> CheckFn:
     def check(node: onnx.NodeProto, ctx: ConversionContext) -> str | None:
         return (
             None
@@ -77,8 +74,17 @@ def _binary(onnx_op: str, tfl_op: str) -> None:
             else f"{onnx_op} with {len(node.input)} inputs is not supported"
         )
 
+    return check
+
+
+def _binary(onnx_op: str, tfl_op: str) -> None:
+    def convert(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+        emit_binary(ctx, tfl_op, [node.input[0], node.input[1]], node.output[0])
+
     converter(
-        onnx_op, emits=f"{tfl_op} (numpy broadcasting, constants re-laid out for NHWC)", check=check
+        onnx_op,
+        emits=f"{tfl_op} (numpy broadcasting, constants re-laid out for NHWC)",
+        check=_binary_check(onnx_op),
     )(convert)
 
 
@@ -89,9 +95,35 @@ for _onnx_op, _tfl_op in [
     ("Div", "DIV"),
     ("Max", "MAXIMUM"),
     ("Min", "MINIMUM"),
-    ("Pow", "POW"),
 ]:
     _binary(_onnx_op, _tfl_op)
+
+
+def _exponent(node: onnx.NodeProto, ctx: ConversionContext) -> float | None:
+    value = ctx.const(node.input[1])
+    if value is None or value.size != 1 or ctx.shape(node.output[0]) != ctx.shape(node.input[0]):
+        return None
+    return float(value.reshape(-1)[0])
+
+
+@converter(
+    "Pow",
+    emits="MUL for a constant exponent 2 or 3, SQRT for 0.5 (XNNPACK has no POW), else POW",
+    check=_binary_check("Pow"),
+)
+def convert_pow(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    x, y = node.input[0], node.output[0]
+    exponent = _exponent(node, ctx)
+    if exponent == 2.0:
+        emit_binary(ctx, "MUL", [x, x], y)  # x*x is what pow(x, 2) rounds to
+    elif exponent == 3.0:
+        square = ctx.declare(f"{y}__square", ctx.shape(x))
+        emit_binary(ctx, "MUL", [x, x], square)
+        emit_binary(ctx, "MUL", [square, x], y)
+    elif exponent == 0.5:
+        emit_unary(ctx, "SQRT", x, y)
+    else:
+        emit_binary(ctx, "POW", [x, node.input[1]], y)
 
 
 def emit_unary(ctx: ConversionContext, op: str, src: str, dst: str, **options: object) -> None:

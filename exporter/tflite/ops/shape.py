@@ -3,9 +3,12 @@
 A reshape is free (one RESHAPE) when the NHWC bytes already sit in the order the target
 needs; the flatten of an NHWC activation yields a flat_hwc value that a following
 FULLY_CONNECTED absorbs. Only a reshape that truly mixes channels with space costs a TRANSPOSE.
+A channel shuffle (Reshape -> Transpose -> Reshape) is one CONCATENATION, not a TRANSPOSE.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -48,16 +51,116 @@ def emit_reshape(ctx: ConversionContext, src: str, dst: str) -> None:
     _from_plain_memory(ctx, ctx.tensor(src, L.PLAIN), dst)
 
 
+@dataclass(frozen=True)
+class _Shuffle:
+    """``Reshape(N,g,C/g,H,W) -> Transpose(0,2,1,3,4) -> Reshape(N,C,H,W)``: torch's channel
+    shuffle (ShuffleNet), output channel ``i*g + j`` = input channel ``j*(C/g) + i``."""
+
+    nodes: tuple[onnx.NodeProto, onnx.NodeProto, onnx.NodeProto]
+    groups: int
+
+
+def _only_reader(ctx: ConversionContext, name: str) -> onnx.NodeProto | None:
+    if name in ctx.onnx.outputs:
+        return None
+    readers = [n for n in ctx.onnx.nodes if name in n.input]
+    return readers[0] if len(readers) == 1 else None
+
+
+def _producer(ctx: ConversionContext, name: str) -> onnx.NodeProto | None:
+    return next((n for n in ctx.onnx.nodes if name in n.output), None)
+
+
+def _shuffle_from_head(ctx: ConversionContext, head: onnx.NodeProto) -> _Shuffle | None:
+    if head.op_type != "Reshape" or len(ctx.shape(head.input[0])) != 4:
+        return None
+    n, c, h, w = ctx.shape(head.input[0])
+    split = ctx.shape(head.output[0])
+    if len(split) != 5 or split[0] != n or split[3:] != (h, w) or split[1] * split[2] != c:
+        return None
+    mid = _only_reader(ctx, head.output[0])
+    if mid is None or mid.op_type != "Transpose":
+        return None
+    if list(ctx.attrs(mid).get("perm", [])) != [0, 2, 1, 3, 4]:
+        return None
+    tail = _only_reader(ctx, mid.output[0])
+    if tail is None or tail.op_type != "Reshape" or ctx.shape(tail.output[0]) != (n, c, h, w):
+        return None
+    return _Shuffle((head, mid, tail), int(split[1]))
+
+
+def _shuffle_of(ctx: ConversionContext, node: onnx.NodeProto) -> _Shuffle | None:
+    """The channel shuffle ``node`` belongs to (as its first, middle or last node), if any."""
+    head: onnx.NodeProto | None = node
+    for _ in range(2):
+        if head is None or _shuffle_from_head(ctx, head) is not None:
+            break
+        head = _producer(ctx, head.input[0])
+    match = _shuffle_from_head(ctx, head) if head is not None else None
+    return match if match is not None and any(n is node for n in match.nodes) else None
+
+
+def _group_pieces(ctx: ConversionContext, src: str, groups: int) -> list[str]:
+    """The ``groups`` channel blocks of ``src`` as NHWC tensors: the inputs of the Concat that
+    made it when they are exactly those blocks (ShuffleNet's case, no op needed), else a SPLIT
+    (SLICEs past 4 groups)."""
+    n, c, h, w = ctx.shape(src)
+    made_by = _producer(ctx, src)
+    if made_by is not None and made_by.op_type == "Concat":
+        parts = [i for i in made_by.input if i]
+        on_channels = L.normalize_axis(int(ctx.attrs(made_by)["axis"]), 4) == 1
+        blocks = [ctx.shape(i)[1] for i in parts] == [c // groups] * groups
+        if on_channels and blocks and all(ctx.const(i) is None for i in parts):
+            return [ctx.tensor(i, L.NHWC) for i in parts]
+    x, cpg = ctx.tensor(src, L.NHWC), c // groups
+    pieces = [ctx.temp(f"{src}_group{j}", (n, h, w, cpg)) for j in range(groups)]
+    if groups <= 4:  # XNNPACK's SPLIT takes 2 to 4 outputs
+        axis = ctx.const_tensor(f"{src}_group_axis", np.int32(3), "int32")
+        ctx.emit("SPLIT", [axis, x], pieces, num_splits=groups)
+        return pieces
+    size = ctx.const_tensor(f"{src}_group_size", [n, h, w, cpg], "int32")
+    for j, piece in enumerate(pieces):
+        begin = ctx.const_tensor(f"{piece}_begin", [0, 0, 0, j * cpg], "int32")
+        ctx.emit("SLICE", [x, begin, size], [piece])
+    return pieces
+
+
+def _emit_shuffle(ctx: ConversionContext, match: _Shuffle) -> None:
+    """Interleave the channel groups with one CONCATENATION on a trailing unit axis: piece j
+    as [N, H*W, C/g, 1], concatenated on that axis, is [N, H*W, C/g, g], whose memory order
+    is exactly the shuffled NHWC tensor. No TRANSPOSE, and XNNPACK runs every op."""
+    head, _, tail = match.nodes
+    src, g = head.input[0], match.groups
+    n, c, h, w = ctx.shape(src)
+    pieces = [ctx.reshape(p, (n, h * w, c // g, 1)) for p in _group_pieces(ctx, src, g)]
+    woven = ctx.temp(f"{tail.output[0]}_interleaved", (n, h * w, c // g, g))
+    ctx.emit("CONCATENATION", pieces, [woven], axis=3, fused_activation_function="NONE")
+    out = ctx.output(tail.output[0], L.NHWC)
+    ctx.emit(
+        "RESHAPE",
+        [woven, ctx.const_tensor(f"{out}_shape", [n, h, w, c], "int32")],
+        [out],
+        new_shape=[n, h, w, c],
+    )
+
+
 def _convert_reshape(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    shuffle = _shuffle_of(ctx, node) if node.op_type == "Reshape" else None
+    if shuffle is not None:
+        if node is shuffle.nodes[2]:  # the head and middle emit nothing; the tail does it all
+            _emit_shuffle(ctx, shuffle)
+        return
     # The target shape comes from shape inference, so all four ops are the same lowering.
     emit_reshape(ctx, node.input[0], node.output[0])
 
 
-for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
-    converter(
-        _op,
-        emits="RESHAPE (flatten of NHWC feeds FULLY_CONNECTED with permuted weights; TRANSPOSE only if channels mix)",
-    )(_convert_reshape)
+_RESHAPE = "RESHAPE (flatten of NHWC feeds FULLY_CONNECTED with permuted weights; TRANSPOSE only if channels mix"
+converter(
+    "Reshape",
+    emits=f"{_RESHAPE}; a channel shuffle Reshape-Transpose-Reshape is one CONCATENATION)",
+)(_convert_reshape)
+for _op in ("Flatten", "Squeeze", "Unsqueeze"):
+    converter(_op, emits=f"{_RESHAPE})")(_convert_reshape)
 
 
 @converter(
@@ -65,6 +168,8 @@ for _op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
     emits="TRANSPOSE with the perm composed with the NHWC layout (RESHAPE or nothing when possible)",
 )
 def convert_transpose(node: onnx.NodeProto, ctx: ConversionContext) -> None:
+    if _shuffle_of(ctx, node) is not None:
+        return  # lowered whole by the shuffle's last Reshape
     src, dst = node.input[0], node.output[0]
     rank = len(ctx.shape(src))
     perm = list(ctx.attrs(node).get("perm", list(reversed(range(rank)))))
@@ -74,6 +179,8 @@ def convert_transpose(node: onnx.NodeProto, ctx: ConversionContext) -> None:
     else:
         x = ctx.tensor(src, L.PLAIN)
     out_lay = L.NHWC if rank == 4 else L.PLAIN
+    if out_lay == L.NHWC and L.is_identity(perm):
+        out_lay = L.PLAIN  # NHWC -> channels-last (torch's permute(0, 2, 3, 1)) moves nothing
     if out_lay == L.NHWC:
         perm = L.compose(perm, L.NCHW_TO_NHWC)
     if L.is_identity(perm):

@@ -103,7 +103,7 @@ def test_all_unsupported_nodes_reported_at_once():
 def test_attribute_limits_are_preflight_reasons():
     nodes = [
         helper.make_node(
-            "AveragePool", ["x"], ["a"], kernel_shape=[2, 2], ceil_mode=1, name="ceil_avg"
+            "MaxPool", ["x"], ["a"], kernel_shape=[2, 2], dilations=[2, 2], name="dilated_max"
         ),
         helper.make_node("Pad", ["a", "p"], ["y"], mode="reflect", name="reflect_pad"),
     ]
@@ -111,7 +111,7 @@ def test_attribute_limits_are_preflight_reasons():
     with pytest.raises(UnsupportedOpsError) as err:
         convert_model(model)
     reasons = {name: why for name, _, why in err.value.offenders}
-    assert "ceil_mode" in reasons["ceil_avg"] and "reflect" in reasons["reflect_pad"]
+    assert "dilations" in reasons["dilated_max"] and "reflect" in reasons["reflect_pad"]
 
 
 def test_dynamic_spatial_dim_names_the_dim():

@@ -61,7 +61,14 @@ CASES = [
     # Other single-input ops read the graph input, which both runtimes quantize identically (the
     # tests feed int8), so a 1-LSB rounding difference in a conv cannot leak into the probe.
     ("maxpool", Lambda(_conv(), lambda y, x: F.max_pool2d(y, 2)), None, "MAX_POOL_2D"),
-    ("avgpool", Lambda(_conv(), lambda y, x: F.avg_pool2d(y, 2)), None, "AVERAGE_POOL_2D"),
+    # XNNPACK has no int8 AVERAGE_POOL_2D: a window that never covers padding is a depthwise conv.
+    ("avgpool", Lambda(_conv(), lambda y, x: F.avg_pool2d(y, 2)), None, "DEPTHWISE_CONV_2D"),
+    (
+        "avgpool_ceil",
+        Lambda(_conv(), lambda y, x: F.avg_pool2d(y, 2, ceil_mode=True, count_include_pad=False)),
+        None,
+        "AVERAGE_POOL_2D",
+    ),
     (
         "global_avgpool",
         Lambda(
@@ -100,7 +107,10 @@ def test_int8_op_parity(module, probe, tfl_op, tmp_path):
     for p in module.parameters():  # deterministic, not all-positive weights
         p.data.uniform_(-0.5, 0.5)
     _, int8 = qdq_model(module, CHW, tmp_path)
-    result = convert_onnx_file(int8, tmp_path / "m.tflite", io_dtype="int8")
+    # For XNNPACK, int8 ops it has no kernel for run in float: test their int8 kernels for
+    # targets without it.
+    delegate = "none" if tfl_op in ("HARD_SWISH", "AVERAGE_POOL_2D") else "xnnpack"
+    result = convert_onnx_file(int8, tmp_path / "m.tflite", io_dtype="int8", delegate=delegate)
     assert result.precision == "int8" and result.io_dtype == "int8"
     assert result.float_fallback_ops == [] and result.transpose_count == 0
     assert tfl_op in result.op_counts, result.op_counts

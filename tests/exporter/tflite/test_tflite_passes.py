@@ -196,8 +196,10 @@ def test_pass_order_and_failures_are_errors():
         "remove_identity",
         "fold_constants",
         "fold_affine",
+        "affine_to_depthwise",
         "fuse_activations",
         "cancel_transposes",
+        "split_wide_concats",
         "remove_dead",
     ]
 

@@ -18,7 +18,8 @@ MAX_CASES = [
         "k3s2_pad1_even",
         EVEN,
         {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
-        {"PADV2": 1, "MAX_POOL_2D": 1},
+        # Edges repeated (XNNPACK takes SLICE + CONCATENATION, not PADV2).
+        {"SLICE": 4, "CONCATENATION": 2, "MAX_POOL_2D": 1},
     ),
     ("k2s2_odd_floor", SHAPE, {"kernel_shape": [2, 2], "strides": [2, 2]}, {"MAX_POOL_2D": 1}),
     (
@@ -31,7 +32,7 @@ MAX_CASES = [
         "k3s2_asym",
         SHAPE,
         {"kernel_shape": [3, 2], "strides": [2, 1], "pads": [0, 1, 1, 0]},
-        {"PADV2": 1, "MAX_POOL_2D": 1},
+        {"SLICE": 2, "CONCATENATION": 2, "MAX_POOL_2D": 1},
     ),
 ]
 

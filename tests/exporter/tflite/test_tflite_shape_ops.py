@@ -266,10 +266,11 @@ def _bn_inits(c: int) -> dict[str, np.ndarray]:
     }
 
 
-def test_batchnorm_standalone_is_mul_add():
+def test_batchnorm_standalone_is_one_depthwise_conv():
+    """No conv to fold into: the per-channel MUL + ADD is one 1x1 DEPTHWISE_CONV_2D."""
     node = helper.make_node("BatchNormalization", ["x", "s", "bb", "m", "v"], ["y"], epsilon=1e-3)
     check_parity(
-        make_model([node], {"x": X}, ["y"], _bn_inits(3)), {"x": X}, {"MUL": 1, "ADD": 1}, BOTH
+        make_model([node], {"x": X}, ["y"], _bn_inits(3)), {"x": X}, {"DEPTHWISE_CONV_2D": 1}, BOTH
     )
 
 
