@@ -16,6 +16,20 @@ import pytest
 from tests.helpers import free_port, invoke
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_export_cache(tmp_path_factory):
+    """The suite's ONNX exports are cached in a directory of its own, removed with the session's
+    temp files: a run neither reads a user's ~/.cache/edgepack (stale or foreign entries would make
+    its figures depend on the machine) nor leaves anything in it. CLI subprocesses inherit it."""
+    saved = os.environ.get("EDGEPACK_CACHE_DIR")
+    os.environ["EDGEPACK_CACHE_DIR"] = str(tmp_path_factory.mktemp("onnx-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("EDGEPACK_CACHE_DIR", None)
+    else:
+        os.environ["EDGEPACK_CACHE_DIR"] = saved
+
+
 @pytest.fixture
 def tiny_npz(tmp_path) -> Path:
     """A 3-class, 12x10 RGB npz data set with a learnable pattern (class = brightest third)."""

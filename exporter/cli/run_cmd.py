@@ -48,6 +48,18 @@ from exporter.errors import EXIT_BUDGET_FAILED, EXIT_OK
     type=int,
     help="shortcut for --set quantize.qat_epochs= (QAT when int8 misses its budget)",
 )
+@click.option(
+    "--output",
+    "output",
+    metavar="NAME",
+    help="the model output to validate and export when it has several (an ONNX output name, a "
+    "dict key, a namedtuple field or a tuple position; default: the first)",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    help="an .onnx model's input layout, when its input shape does not tell",
+)
 @click.option("--mean", type=FLOATS, help="per-channel mean after /255 (default: data statistics)")
 @click.option("--std", type=FLOATS, help="per-channel std after /255")
 @click.option("--force", is_flag=True, help="replace an existing --out directory")
@@ -79,6 +91,8 @@ def command(
     sparsity,
     epochs,
     qat_epochs,
+    output,
+    layout,
     mean,
     std,
     force,
@@ -114,6 +128,8 @@ def command(
             std=std,
             force=force,
             quiet=quiet or as_json,
+            output=output,
+            layout=layout,
         )
     )
     if as_json:

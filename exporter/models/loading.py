@@ -17,7 +17,7 @@ import sys
 import types
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ class LoadedModel:
     spec: str
     module: nn.Module | None  # None when the pipeline enters at ONNX
     onnx_path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # what loading changed, for the report
 
     @property
     def is_onnx(self) -> bool:
@@ -255,7 +256,7 @@ def _caused_by_unpickling(exc: BaseException | None) -> bool:
     return False
 
 
-def _load_exported_program(path: Path) -> nn.Module:
+def _load_exported_program(path: Path, notes: list[str]) -> nn.Module:
     if not path.is_file():
         raise InputFileError(f"model file {path} not found")
     # Read once: the bytes checked for code are the bytes torch loads.
@@ -282,6 +283,11 @@ def _load_exported_program(path: Path) -> nn.Module:
         log.setLevel(level)
     _refuse_non_finite(path, dict(program.state_dict), "weights")
     module = program.module()
+    if _to_eval_mode(module):
+        notes.append(
+            "the program was exported in training mode: its BatchNorm/Dropout nodes were set "
+            "to eval mode"
+        )
     example = [a for a in program.example_inputs[0] if isinstance(a, torch.Tensor)]
     if len(example) == 1 and example[0].shape[0] == 1:
         try:
@@ -289,6 +295,38 @@ def _load_exported_program(path: Path) -> nn.Module:
         except Exception:  # a static batch of 1: guards refuse anything else
             return _PerSample(module)
     return module
+
+
+# (op, index of its `training` argument): what BatchNorm and Dropout become in torch.export's IR.
+_TRAINING_ARGS = {
+    "aten.batch_norm.default": 5,
+    "aten.native_batch_norm.default": 5,
+    "aten.dropout.default": 2,
+    "aten.feature_dropout.default": 2,
+    "aten.alpha_dropout.default": 2,
+}
+
+
+def _to_eval_mode(module: nn.Module) -> int:
+    """Make a program exported in training mode compute as ``eval()`` would; returns the nodes
+    changed.
+
+    An exported graph's mode is fixed (``.eval()`` on it raises), and a program exported
+    without ``model.eval()`` normalises with each batch's statistics and drops activations at
+    random: a torch model is validated and exported in eval mode, so a program is too.
+    """
+    graph = getattr(module, "graph", None)
+    if graph is None:
+        return 0
+    changed = 0
+    for node in graph.nodes:
+        index = _TRAINING_ARGS.get(str(node.target)) if node.op == "call_function" else None
+        if index is not None and len(node.args) > index and node.args[index] is True:
+            node.args = (*node.args[:index], False, *node.args[index + 1 :])
+            changed += 1
+    if changed:
+        module.recompile()
+    return changed
 
 
 def _refuse_non_finite(path: Path, tensors: dict, what: str) -> None:
@@ -317,7 +355,77 @@ class _PerSample(nn.Module):
         return self
 
     def forward(self, x):
-        return torch.cat([self.program(x[i : i + 1]) for i in range(x.shape[0])])
+        outs = [self.program(x[i : i + 1]) for i in range(x.shape[0])]
+        first = outs[0]
+        if isinstance(first, dict):
+            return {k: torch.cat([o[k] for o in outs]) for k in first}
+        if isinstance(first, tuple | list):
+            return type(first)(torch.cat([o[k] for o in outs]) for k in range(len(first)))
+        return torch.cat(outs)
+
+
+def _output_names(out) -> list[str]:
+    """What ``--output`` may name in a model's output: dict keys, namedtuple fields, else the
+    positions of a tuple or list ("0", "1", ...)."""
+    if isinstance(out, dict):
+        return [str(k) for k in out]
+    fields = getattr(out, "_fields", None)
+    return list(fields) if fields else [str(i) for i in range(len(out))]
+
+
+def _pick(out, name: str):
+    if isinstance(out, dict):
+        return next(v for k, v in out.items() if str(k) == name)
+    fields = getattr(out, "_fields", None)
+    return out[list(fields).index(name) if fields else int(name)]
+
+
+class SelectOutput(nn.Module):
+    """One tensor of a model whose forward returns a tuple, list, namedtuple or dict.
+
+    The wrapped model is ``self.model``: its parameters are those of the user's model.
+    """
+
+    def __init__(self, model: nn.Module, output: str):
+        super().__init__()
+        self.model = model
+        self.output = output
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        set_mode(self.model, mode)
+        return self
+
+    def forward(self, x):
+        return _pick(self.model(x), self.output)
+
+
+@torch.no_grad()
+def select_output(
+    module: nn.Module, chw: tuple[int, int, int], output: str | None
+) -> tuple[nn.Module, str | None, list[str]]:
+    """The model as one logits tensor: a tuple/dict output is narrowed to ``output``, else to
+    its first tensor. Returns the module, the output kept (None for a single tensor) and every
+    output's name. A model that rejects the input is left to the caller's fit check."""
+    try:
+        out = module(torch.zeros(1, *chw))
+    except Exception:  # the pipeline's fit check reports it in the user's terms
+        return module, None, []
+    if isinstance(out, torch.Tensor):
+        if output is not None:
+            raise ModelLoadError(f"--output {output}: the model returns a single tensor")
+        return module, None, []
+    if not isinstance(out, tuple | list | dict) or not out:
+        return module, None, []  # the fit check says what the model returned
+    names = _output_names(out)
+    if output is not None and output not in names:
+        raise ModelLoadError(
+            f"--output {output}: the model's outputs are {', '.join(names)}; "
+            f"'{output}' is not one of them"
+        )
+    tensors = [n for n in names if isinstance(_pick(out, n), torch.Tensor)]
+    chosen = output or (tensors[0] if tensors else names[0])
+    return SelectOutput(module, chosen), chosen, names
 
 
 def load_model(
@@ -335,7 +443,9 @@ def load_model(
             raise InputFileError(f"model file {path} not found")
         return LoadedModel(spec, None, path)
     if path.suffix == ".pt2":
-        return LoadedModel(spec, _load_exported_program(path))
+        notes: list[str] = []
+        module = _load_exported_program(path, notes)
+        return LoadedModel(spec, module, notes=notes)
     if ":" not in spec:
         known = ", ".join(BUILTIN)
         raise ModelLoadError(

@@ -5,7 +5,11 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
+import threading
+import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +22,7 @@ from torch import nn
 from exporter.common.atomic import atomic_path
 from exporter.errors import ConversionError, InputFileError
 from exporter.models.loading import set_mode
+from exporter.onnx import cache
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -25,19 +30,18 @@ OUTPUT_NAME = "logits"
 
 @contextlib.contextmanager
 def _quiet_exporter():
-    """torch.onnx's dynamo exporter talks a lot on stdout and in logging; keep it for errors."""
-    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "onnxscript", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """torch.onnx's dynamo exporter talks a lot on stdout and in logging (a failed dynamic-shape
+    guard logs ~150 lines at ERROR); the failure is reported in one line instead. (stderr is
+    left alone: the progress display draws there.)"""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     sink = io.StringIO()
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
             warnings.simplefilter("ignore")
             yield sink
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        logging.disable(disabled)
 
 
 def _interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
@@ -52,6 +56,251 @@ def _interrupt(exc: BaseException | None) -> KeyboardInterrupt | None:
     return None
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def first_cause(exc: BaseException) -> str:
+    """The first line of the innermost exception behind ``exc`` that says something.
+
+    torch.onnx wraps the real failure ("Constraints violated (batch)!") in a TorchExportError
+    whose own message is a page of generic advice ending at "Next steps:".
+    """
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        chain.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    for cause in reversed(chain):
+        text = _ANSI.sub("", str(cause)).strip()
+        if text:
+            line = text.splitlines()[0].strip()
+            return line.split(" For more information", 1)[0]
+    return type(chain[-1]).__name__
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What :func:`export_onnx_info` wrote and how (recorded in the report)."""
+
+    path: Path
+    exporter: str  # "dynamo" | "torchscript"
+    dynamic_batch: bool  # False: the file takes a batch of exactly 1
+    seconds: float
+    fallback_reason: str | None = None  # the first cause of the dynamo/dynamic-batch failure
+    cached: bool = False  # the graph of an earlier export of the same model (exporter.onnx.cache)
+
+
+def _dynamo(module: nn.Module, example: torch.Tensor, opset: int, dynamic: bool):
+    program = torch.onnx.export(
+        module,
+        (example,),
+        dynamo=True,
+        external_data=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic else None,
+        verbose=False,
+    )
+    return program.model_proto
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, opset: int, dynamic: bool):
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        module,
+        (example,),
+        buffer,
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic else None,
+    )
+    return onnx.load_model_from_string(buffer.getvalue())
+
+
+# Tried in order until one succeeds: the dynamo exporter with a dynamic batch, then with a
+# static batch of 1 (a model whose code guards on the batch size, e.g. convnext's
+# "Constraints violated (batch)"), then the TorchScript exporter (dynamo=False).
+_PATHS = (
+    ("dynamo", True, _dynamo),
+    ("dynamo", False, _dynamo),
+    ("torchscript", True, _torchscript),
+)
+
+
+_torchlib = {"lock": threading.Lock(), "ops": None}
+
+
+def _memoized_torchlib_ops(original):
+    """torch.onnx builds its op registry from onnxscript's torchlib on every export, and
+    onnxscript re-parses the Python source of ~500 functions for it (1.5-3.5 s here); the list
+    is the same for the whole process, so it is built once (the registry itself stays fresh)."""
+
+    def ops():
+        with _torchlib["lock"]:
+            if _torchlib["ops"] is None:
+                _torchlib["ops"] = original()
+            return _torchlib["ops"]
+
+    ops.edgepack_memoized = True
+    return ops
+
+
+def _torchlib_apis():
+    """torch.onnx's handle on onnxscript's API module, its ``get_torchlib_ops`` memoized; None
+    where this torch has no such handle (the export then runs as torch wrote it)."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+    except ImportError:
+        return None
+    apis = getattr(_registration, "onnxscript_apis", None)
+    original = getattr(apis, "get_torchlib_ops", None)
+    if original is None:
+        return None
+    if not getattr(original, "edgepack_memoized", False):
+        apis.get_torchlib_ops = _memoized_torchlib_ops(original)
+    return apis
+
+
+def export_onnx_info(
+    module: nn.Module,
+    input_shape: tuple[int, int, int],
+    path: str | Path,
+    *,
+    opset: int = 18,
+    force: bool = True,
+) -> OnnxExport:
+    """Export ``module`` (eval mode) to a single-file ONNX model, with a dynamic batch axis
+    where the model allows one; returns which exporter wrote it.
+
+    The dynamo exporter's optimiser folds BatchNorm into the preceding conv and drops Dropout.
+    Each path's graph must compute the module on random images (:func:`_check_export`), else
+    the next path is tried (:data:`_PATHS`); when every path fails, one line gives each path's
+    first cause. The result is checked with ``onnx.checker`` and shape inference before it is
+    renamed into place, and kept in :mod:`exporter.onnx.cache` for the next export of the same
+    code and weights.
+    """
+    module = set_mode(module, training=False)
+    example = torch.zeros(1, *input_shape)
+    start = time.perf_counter()
+    key = _cache_key(module, input_shape, opset)
+    if key is not None and (hit := _cached(key, module, input_shape)) is not None:
+        model, meta = hit
+        with atomic_path(path, force=force) as tmp:
+            onnx.save_model(model, str(tmp))
+        return OnnxExport(
+            Path(path),
+            meta["exporter"],
+            _dynamic_batch(model),
+            time.perf_counter() - start,
+            meta.get("fallback_reason"),
+            cached=True,
+        )
+    _torchlib_apis()
+    failures: list[str] = []
+    model = None
+    for name, dynamic, export in _PATHS:
+        try:
+            with _quiet_exporter():
+                candidate = export(module, example, opset, dynamic)
+                _check_export(module, candidate, input_shape)
+            model = candidate
+            break
+        except NonFiniteExport:
+            raise
+        except Exception as exc:  # the exporter raises many types; the user needs one line
+            if (interrupt := _interrupt(exc)) is not None:
+                raise interrupt from None
+            how = f"{name}, {'dynamic batch' if dynamic else 'batch 1'}"
+            failures.append(f"{how}: {first_cause(exc)}")
+    if model is None:
+        raise ConversionError(f"torch.onnx.export failed ({'; '.join(failures)})")
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    onnx.checker.check_model(model, full_check=True)
+    with atomic_path(path, force=force) as tmp:
+        onnx.save_model(model, str(tmp))
+    reason = failures[0].split(": ", 1)[1] if failures else None
+    if key is not None:
+        cache.store(key, model.SerializeToString(), {"exporter": name, "fallback_reason": reason})
+    return OnnxExport(
+        Path(path),
+        name,
+        _dynamic_batch(model),  # dynamo may specialise the batch to 1 without failing
+        time.perf_counter() - start,
+        reason,
+    )
+
+
+class NonFiniteExport(ConversionError):
+    """The graph computes NaN/Inf from finite images: a property of the model's numbers, which
+    no other export path changes."""
+
+
+@torch.no_grad()
+def _check_export(module: nn.Module, model: onnx.ModelProto, input_shape: tuple) -> None:
+    """The exported graph must compute the model, one image at a time and (dynamic batch) on a
+    batch of three; else the export is refused and the next path tried.
+
+    Both exporters can freeze a Python decision into the graph without error: torch.onnx's
+    dynamo path may keep a branch on the example's batch size (``x[:2] if x.shape[0] <= 2``),
+    and the TorchScript exporter traces one run, freezing any control flow on tensor values."""
+    x = torch.randn(3, *input_shape, generator=torch.Generator().manual_seed(0))
+    sess = onnx_session(model.SerializeToString())
+    name = sess.get_inputs()[0].name
+    # Two forwards (a cold forward of a large model costs seconds): one image, then a batch of
+    # three or, for a batch-1 graph, another image.
+    for feed in (x[:1], x if _dynamic_batch(model) else x[1:2]):
+        got = sess.run(None, {name: feed.numpy()})[0]
+        want = module(feed).numpy()
+        if not np.isfinite(want).all():  # random images the model cannot take: no judgement
+            continue
+        if got.shape == want.shape and not np.isfinite(got).all():
+            raise NonFiniteExport(
+                "the model's activations are not finite on random images: the exported graph "
+                "gives NaN/Inf where torch's outputs are finite (an intermediate likely overflows "
+                "float32, so int8 calibration and every runtime would see it); scale the "
+                "activations down"
+            )
+        diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
+        if not diff <= 1e-4 * (float(np.ptp(want)) or 1.0):
+            raise ConversionError(
+                f"the exported graph does not compute the model on batch {len(feed)} "
+                f"(max |diff| {diff:.3g} on random images): its forward decides on tensor "
+                "sizes or values in Python"
+            )
+
+
+def _dynamic_batch(model: onnx.ModelProto) -> bool:
+    dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    return not dim.HasField("dim_value")
+
+
+def _cache_key(module: nn.Module, input_shape: tuple, opset: int) -> str | None:
+    if cache.cache_dir() is None:
+        return None
+    try:
+        return cache.export_key(module, input_shape, opset)
+    except Exception:  # a module the key cannot describe is exported every time
+        return None
+
+
+def _cached(key: str, module: nn.Module, input_shape: tuple) -> tuple | None:
+    """The cached graph of ``key`` if it still computes ``module`` (see exporter.onnx.cache)."""
+    hit = cache.lookup(key)
+    if hit is None:
+        return None
+    data, meta = hit
+    try:
+        model = onnx.load_model_from_string(data)
+        with _quiet_exporter():
+            _check_export(module, model, input_shape)
+    except Exception:  # stale or unreadable: export afresh
+        return None
+    return (model, meta) if "exporter" in meta else None
+
+
 def export_onnx(
     module: nn.Module,
     input_shape: tuple[int, int, int],
@@ -60,37 +309,8 @@ def export_onnx(
     opset: int = 18,
     force: bool = True,
 ) -> Path:
-    """Export ``module`` (eval mode) to a single-file ONNX model with a dynamic batch axis.
-
-    The dynamo exporter's optimiser folds BatchNorm into the preceding conv and drops Dropout;
-    the result is checked with ``onnx.checker`` and shape inference before it is renamed into place.
-    """
-    module = set_mode(module, training=False)
-    example = torch.zeros(1, *input_shape)
-    try:
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                module,
-                (example,),
-                dynamo=True,
-                external_data=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                verbose=False,
-            )
-            model = program.model_proto
-    except Exception as exc:  # the exporter raises many types; the user needs one line
-        if (interrupt := _interrupt(exc)) is not None:
-            raise interrupt from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConversionError(f"torch.onnx.export failed: {first}") from None
-    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    onnx.checker.check_model(model, full_check=True)
-    with atomic_path(path, force=force) as tmp:
-        onnx.save_model(model, str(tmp))
-    return Path(path)
+    """:func:`export_onnx_info`, returning the path."""
+    return export_onnx_info(module, input_shape, path, opset=opset, force=force).path
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -83,11 +84,14 @@ def quantize_onnx(
     *,
     calib_inputs: np.ndarray | None,
     cache: Path,
-    input_name: str = "input",
+    input_name: str | None = None,
 ) -> Path:
     """Write a QDQ int8 (or 16x8) model. ``calib_inputs`` are needed only when ``cache`` does
-    not exist yet."""
+    not exist yet; they feed the model's own input (``input_name``, else its first graph
+    input: a model edgepack did not write may name it anything)."""
     fresh = not cache.is_file()
+    if fresh and input_name is None:
+        input_name = _graph_input_name(fp32_path)
     reader = _BatchReader(calib_inputs, input_name) if fresh else None
     with atomic_path(out_path) as tmp, _quiet(), _calibration_errors(cache):
         quantize_static(
@@ -115,6 +119,13 @@ def quantize_onnx(
     if fresh and cache.is_file():
         _sort_cache(cache)
     return out_path
+
+
+def _graph_input_name(path: Path) -> str:
+    """The first graph input that is not an initializer (read without the weights)."""
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in weights)
 
 
 @contextlib.contextmanager

@@ -133,3 +133,52 @@ def test_exported_program(tmp_path):
     (tmp_path / "bad.pt2").write_bytes(b"junk")
     with pytest.raises(InputFileError, match="not a readable torch.export program"):
         load_model(str(tmp_path / "bad.pt2"), 1, (8, 8), 10)
+
+
+class _Outputs(torch.nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.kind = kind
+
+    def forward(self, x):
+        y = self.fc(x.flatten(1)[:, :4])
+        if self.kind == "tuple":
+            return y, y.softmax(1)
+        if self.kind == "dict":
+            return {"probs": y.softmax(1), "logits": y}
+        return y
+
+
+@pytest.mark.parametrize(
+    "kind, output, chosen, names",
+    [
+        ("tuple", None, "0", ["0", "1"]),
+        ("tuple", "1", "1", ["0", "1"]),
+        ("dict", None, "probs", ["probs", "logits"]),
+        ("dict", "logits", "logits", ["probs", "logits"]),
+        ("tensor", None, None, []),
+    ],
+)
+def test_select_output(kind, output, chosen, names):
+    from exporter.models.loading import select_output
+
+    model = _Outputs(kind).eval()
+    module, got, got_names = select_output(model, (1, 2, 2), output)
+    assert (got, got_names) == (chosen, names)
+    x = torch.randn(5, 1, 2, 2)
+    with torch.no_grad():
+        full = model(x)
+        want = full if chosen is None else (full[int(chosen)] if kind == "tuple" else full[chosen])
+        assert torch.equal(module(x), want)
+    if chosen is not None:  # the user's parameters, under the wrapper
+        assert set(module.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+
+
+def test_select_output_refuses_unknown_names():
+    from exporter.models.loading import select_output
+
+    with pytest.raises(ModelLoadError, match="outputs are probs, logits; 'scores' is not"):
+        select_output(_Outputs("dict").eval(), (1, 2, 2), "scores")
+    with pytest.raises(ModelLoadError, match="--output scores: the model returns a single"):
+        select_output(_Outputs("tensor").eval(), (1, 2, 2), "scores")
