@@ -16,14 +16,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import exporter  # noqa: E402
 from bench.run import DEFAULT_DATA, _latency  # noqa: E402
 from exporter.recipe import PRECISIONS  # noqa: E402
+from runtime_check.batch import load_batch  # noqa: E402
 from runtime_check.runtimes import open_session  # noqa: E402
 
 FORMATS = ("onnx", "tflite")
@@ -48,7 +47,7 @@ def build(model: str, weights: str, data: str, out: Path, samples: int) -> dict:
 
 def measure(out: Path, report: dict, runs: int) -> list[dict]:
     rows = {a["path"]: a for a in report["artifacts"]}
-    x = np.load(out / "eval_batch.npz")["inputs"][:256]
+    x = load_batch(out / "eval_batch.npz")["inputs"][:256]
     c = x.shape[1]
     sessions, layouts = {}, {}
     for path in rows:

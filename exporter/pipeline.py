@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from rich.markup import escape
 from torch import nn
 
@@ -28,25 +29,19 @@ from exporter.common.output_lock import output_lock
 from exporter.common.progress import Progress, make_progress, stderr_console
 from exporter.common.typed_json import from_json, to_json
 from exporter.compress import compress
-from exporter.errors import DataError
 from exporter.inputs.data import check_fits
 from exporter.inputs.paths import input_paths
 from exporter.inputs.prepare import (
     build_torch_model,
-    check_model_output,
+    reference_logits,
     resolve_normalization,
     split_data,
 )
 from exporter.models.complexity import count_params_macs
 from exporter.models.loading import copy_model
 from exporter.models.zoo import BUILTIN
-from exporter.onnx.export import (
-    copy_onnx,
-    export_onnx,
-    load_onnx,
-    onnx_input_shape,
-    onnx_logits,
-)
+from exporter.onnx.entry import Entry, prepare_entry, write_entry
+from exporter.onnx.export import export_onnx, export_onnx_info, onnx_logits
 from exporter.onnx.precision import float16_onnx
 from exporter.onnx.sparse import sparsify_onnx
 from exporter.outdir import (
@@ -102,6 +97,8 @@ class RunOptions:
     std: tuple[float, ...] | None = None
     force: bool = False
     quiet: bool = False
+    output: str | None = None  # --output: the model output to keep when it has several
+    layout: str | None = None  # --layout: an .onnx model's input layout, when ambiguous
 
 
 @dataclass
@@ -115,24 +112,35 @@ class RunResult:
         return bool(self.report["passed"])
 
 
-def _check_onnx_fits(path: Path, chw: tuple[int, int, int]) -> None:
-    dims, _ = onnx_input_shape(load_onnx(path))
-    tail = tuple(dims[1:])
-    if len(dims) != 4 or any(not isinstance(d, int) for d in tail) or tail != chw:
-        c, h, w = chw
-        raise DataError(f"{path} takes input {dims} but the data is [N,{c},{h},{w}]")
-
-
 def _check_labels(splits, chw: tuple[int, int, int], num_classes: int) -> None:
     check_fits(splits.eval, chw, num_classes)
     check_fits(splits.train, chw, num_classes)
 
 
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two copies of one model hold the same tensors, bit for bit (compression that
+    changed nothing: pruning at sparsity 0, no fine-tuning, no channels removed)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].shape == sb[k].shape and sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k])
+        for k in sa
+    )
+
+
 def _compress_and_export(
-    module, recipe: Recipe, splits, norm, eval_x: np.ndarray, tmp: Path, progress: Progress
+    module,
+    recipe: Recipe,
+    splits,
+    norm,
+    eval_x: np.ndarray,
+    ref: tuple[np.ndarray, int, int],
+    tmp: Path,
+    progress: Progress,
 ) -> tuple[Compression, ExportCheck, nn.Module]:
     """Compress a copy of the model, export it to ONNX fp32 and check the export's parity;
-    returns the report's sections and the compressed module."""
+    returns the report's sections and the compressed module. The original model's logits,
+    params and MACs (``ref``) stand for the compressed model's when compression changed no
+    weight, so no eval image goes through torch twice."""
     compressed = copy_model(module)
     train_x = norm.apply(splits.train.images) if recipe.compress.finetune.epochs else None
     comp = compress(
@@ -143,12 +151,15 @@ def _compress_and_export(
         input_shape=splits.eval.image_shape,
         progress=progress,
     )
-    comp_logits = predict(compressed, eval_x)
+    unchanged = _same_weights(module, compressed)
+    comp_logits = ref[0] if unchanged else predict(compressed, eval_x)
     task = progress.add_task("export ONNX", total=1)
-    export_onnx(compressed, splits.eval.image_shape, tmp / ONNX_FP32, opset=recipe.export.opset)
+    how = export_onnx_info(
+        compressed, splits.eval.image_shape, tmp / ONNX_FP32, opset=recipe.export.opset
+    )
     exported = onnx_logits(tmp / ONNX_FP32, eval_x[:64])
     progress.update(task, advance=1)
-    params, macs = count_params_macs(compressed, splits.eval.image_shape)
+    params, macs = ref[1:] if unchanged else count_params_macs(compressed, splits.eval.image_shape)
     section = {
         **comp.to_dict(),
         "params": params,
@@ -156,7 +167,15 @@ def _compress_and_export(
         "torch_accuracy": accuracy(comp_logits, splits.eval.labels),
     }
     parity = float(np.abs(exported - comp_logits[:64]).max())
-    return from_json(Compression, section, "compression"), ExportCheck(parity), compressed
+    check = ExportCheck(
+        parity,
+        how.exporter,
+        how.dynamic_batch,
+        how.fallback_reason,
+        round(how.seconds, 2),
+        how.cached,
+    )
+    return from_json(Compression, section, "compression"), check, compressed
 
 
 def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]:
@@ -436,19 +455,16 @@ def run(opts: RunOptions, progress: Progress | None = None) -> RunResult:
 
 
 def _check_model_fits(
-    loaded, splits, norm, chw: tuple[int, int, int], eval_x: np.ndarray
-) -> np.ndarray | None:
+    loaded, entry: Entry, splits, norm, chw: tuple[int, int, int], eval_x: np.ndarray
+) -> np.ndarray:
     """Refuse a model that does not take the ``chw`` images of ``--data`` or whose outputs do
-    not fit the labels of both splits; returns the reference logits when computing them was
-    part of the check (ONNX)."""
-    ref_logits = None
+    not fit the labels of both splits; returns the reference logits, whose first image was
+    the check: each eval image goes through the original model once per run."""
     if loaded.is_onnx:
-        _check_onnx_fits(loaded.onnx_path, chw)
-        ref_logits = onnx_logits(loaded.onnx_path, eval_x)
-        num_classes = ref_logits.shape[1]
+        ref_logits = entry.logits(eval_x)
     else:
-        num_classes = check_model_output(loaded.module, splits.eval, norm)
-    _check_labels(splits, chw, num_classes)
+        ref_logits = reference_logits(loaded.module, splits.eval, eval_x)
+    _check_labels(splits, chw, ref_logits.shape[1])
     return ref_logits
 
 
@@ -478,12 +494,13 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
     norm = resolve_normalization(full, opts.mean, opts.std, opts.weights)
     chw = full.image_shape
     loaded = build_torch_model(opts.model, opts.weights, full)
+    loaded, entry = prepare_entry(loaded, chw, output=opts.output, layout=opts.layout)
     eval_x = norm.apply(splits.eval.images)
     eval_y = splits.eval.labels
     formats = recipe.export.formats
     # The model must fit the data before anything is written or warned about: a bad input is
     # one line, not a warning followed by an error.
-    ref_logits = _check_model_fits(loaded, splits, norm, chw, eval_x)
+    ref_logits = _check_model_fits(loaded, entry, splits, norm, chw, eval_x)
     random_weights = _warn_about_inputs(opts, loaded, norm, console)
 
     marker = Marker(OUTPUT_MARKER, {"edgepack": __version__, "command": "run"})
@@ -493,15 +510,14 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         compressed = None
         export = quantization = None
         if loaded.is_onnx:
-            copy_onnx(loaded.onnx_path, tmp / ONNX_FP32)
+            write_entry(entry, tmp / ONNX_FP32)
             params = macs = None
             compression = Compression(method="skipped: the model entered as ONNX")
         else:
             module = loaded.module
             params, macs = count_params_macs(module, chw)
-            ref_logits = predict(module, eval_x)
             compression, export, compressed = _compress_and_export(
-                module, recipe, splits, norm, eval_x, tmp, progress
+                module, recipe, splits, norm, eval_x, (ref_logits, params, macs), tmp, progress
             )
         # The fp32 ONNX model is the intermediate form of every later stage, so it is always
         # written; it is an artifact (validated, reported) only when the recipe asks for ONNX.
@@ -547,12 +563,15 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             artifacts.extend(_sparse_onnx_copies(tmp, artifacts))
         artifacts.extend(sparse_tflite)
 
+        # uint8 pixels and the normalization, not float32 copies: runtime_check normalizes on
+        # the device with the function that made eval_x (runtime_check.batch), bit for bit.
         np.savez(
             tmp / EVAL_BATCH,
-            inputs=eval_x,
+            images=splits.eval.images,
+            mean=np.asarray(norm.mean, np.float64),
+            std=np.asarray(norm.std, np.float64),
             labels=eval_y,
             reference_logits=ref_logits.astype(np.float32),
-            images=splits.eval.images,
         )
         save_index(artifacts, tmp)
         check = validate(tmp, artifacts, recipe, progress, runner)
@@ -569,6 +588,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 input_shape=list(chw),
                 classes=list(full.classes),
                 random_weights=random_weights,
+                **entry.facts(),
             ),
             data=DataInfo(
                 train=splits.train.source,

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime_check.batch import load_batch
 from runtime_check.runtimes import ArtifactError, RuntimeUnavailable, open_session
+
+__all__ = ["evaluate_artifact", "evaluate_isolated", "load_batch", "logits_for"]
 
 # ru_maxrss is in kilobytes on Linux and bytes on macOS.
 _RSS_UNIT = 1024 if sys.platform == "darwin" else 1
@@ -41,16 +44,6 @@ def _instructions_counted() -> int | None:
             return int(fh.read().strip())
     except (OSError, ValueError):
         return None
-
-
-def load_batch(path: str | Path) -> dict[str, np.ndarray]:
-    """The eval batch: ``inputs`` float32 NCHW, ``labels``, ``reference_logits``."""
-    with np.load(path, allow_pickle=False) as z:
-        batch = {k: z[k] for k in z.files}
-    missing = {"inputs", "labels", "reference_logits"} - set(batch)
-    if missing:
-        raise ArtifactError(f"eval batch {path} lacks {', '.join(sorted(missing))}")
-    return batch
 
 
 def _layout(input_shape: list[int], chw: tuple[int, int, int], hint: str | None, fmt: str) -> str:

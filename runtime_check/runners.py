@@ -32,6 +32,9 @@ class Runner:
     """Runs runtime_check on some machine and returns its parsed JSON."""
 
     name = "abstract"
+    # False: one call checks every artifact (one interpreter start, the eval batch read and
+    # decoded once); True: one call per artifact.
+    one_artifact_per_call = False
 
     def run(self, artifacts: list[Path], batch: Path, options: CheckOptions) -> dict:
         raise NotImplementedError

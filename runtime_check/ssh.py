@@ -43,9 +43,9 @@ def ok(mod):
         return False
 if not ok("numpy"):
     print("edgepack-missing: numpy"); sys.exit(75)
-for need in sys.argv[1:]:
-    if not any(ok(m) for m in need.split(",")):
-        print("edgepack-missing: " + need); sys.exit(75)
+missing = [need for need in sys.argv[1:] if not any(ok(m) for m in need.split(","))]
+if missing:
+    print("edgepack-missing: " + " ".join(missing)); sys.exit(75)
 """
 
 # Modules tried per artifact suffix, as runtime_check.runtimes tries them.
@@ -198,12 +198,12 @@ PYTHONPATH="$d" PYTHONDONTWRITEBYTECODE=1 OPENBLAS_NUM_THREADS=1 $T {py} {run}
                 "there, or set device.python to its interpreter)"
             )
         if rc == _MISSING:
-            m = re.search(r"edgepack-missing: (\S+)(.*)", stdout)
-            what = m.group(1) if m else "?"
-            hint = _INSTALL_HINT.get(
-                what, f"{what} is missing for {{py}} there{m.group(2) if m else ''}"
-            )
-            raise RunnerError(f"{self.host}: " + hint.format(py=py))
+            # Every runtime the artifacts need and the device lacks, in one line.
+            m = re.search(r"edgepack-missing: (.*)", stdout)
+            text = m.group(1).strip() if m else "?"
+            needs = text.split() if all(w in _INSTALL_HINT for w in text.split()) else [text]
+            hints = [_INSTALL_HINT.get(w, f"{w} is missing for {{py}} there") for w in needs]
+            raise RunnerError(f"{self.host}: " + "; ".join(h.format(py=py) for h in hints))
         if rc == _NO_TMP:
             raise RunnerError(f"{self.host}: cannot create a temporary directory (mktemp -d)")
         if rc == _NO_TAR:

@@ -125,12 +125,16 @@ def build_torch_model(model_spec: str, weights: str | None, ds: Dataset) -> Load
     return loaded
 
 
-@torch.no_grad()
-def check_model_output(module: nn.Module, ds: Dataset, norm: Normalization) -> int:
-    """Run one image; the output must be [1, K] logits with every label < K. Returns K."""
-    x = torch.from_numpy(norm.apply(ds.images[:1]))
+# Images per forward pass of the reference logits (the first image goes alone, as the check):
+# up to 512, fewer for large images so that one pass's activations stay in the hundreds of MB.
+REFERENCE_BATCH = 512
+REFERENCE_BATCH_BYTES = 32 << 20
+
+
+def _checked_forward(module: nn.Module, x: np.ndarray, ds: Dataset) -> torch.Tensor:
+    """One forward pass on a batch of ``ds``'s images; the output must be [N, K] logits."""
     try:
-        out = module(x)
+        out = module(torch.from_numpy(x))
     except Exception as exc:  # the user's model rejected the input
         c, h, w = ds.image_shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -142,11 +146,36 @@ def check_model_output(module: nn.Module, ds: Dataset, norm: Normalization) -> i
             f"the model returns a {type(out).__name__}; expected one tensor "
             "of class logits [N, classes]"
         )
-    if out.ndim != 2 or out.shape[0] != 1:
+    if out.ndim != 2 or out.shape[0] != len(x):
         raise ModelLoadError(
             f"the model's output has shape {list(out.shape)}; expected class logits [N, classes]"
         )
-    return int(out.shape[1])
+    return out
+
+
+@torch.no_grad()
+def check_model_output(module: nn.Module, ds: Dataset, norm: Normalization) -> int:
+    """Run one image; the output must be [1, K] logits with every label < K. Returns K."""
+    return int(_checked_forward(module, norm.apply(ds.images[:1]), ds).shape[1])
+
+
+@torch.no_grad()
+def reference_logits(module: nn.Module, ds: Dataset, x: np.ndarray) -> np.ndarray:
+    """The original model's float32 logits on ``x`` (``ds``'s images, normalized), each image
+    forwarded once: the first image, alone, is also check_model_output's check (same errors),
+    so no image goes through the model twice."""
+    if not len(x):
+        raise DataError(f"{ds.source}: no eval images")
+    set_mode(module, training=False)
+    step = max(1, min(REFERENCE_BATCH, REFERENCE_BATCH_BYTES // max(1, x[:1].nbytes)))
+    starts = [0, *range(1, len(x), step)]
+    ends = [*starts[1:], len(x)]
+    return np.concatenate(
+        [
+            _checked_forward(module, x[a:b], ds).float().numpy()
+            for a, b in zip(starts, ends, strict=True)
+        ]
+    )
 
 
 def _training_record(weights: str, full: Dataset) -> Normalization | None:

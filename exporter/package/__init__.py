@@ -51,6 +51,7 @@ from exporter.package.verify import (
 )
 from exporter.package.zipfile_det import zip_bytes
 from exporter.report.schema import read_report
+from runtime_check.batch import BatchError, load_batch
 
 PLATFORMS = ("android", "ios")
 USAGE = "USAGE.md"
@@ -364,9 +365,14 @@ def _samples(out_dir: Path) -> bytes | None:
     path = out_dir / EVAL_BATCH
     if not path.is_file():
         return None
-    with np.load(path) as batch:
-        arrays = {k: batch[k][:SAMPLE_COUNT] for k in ("inputs", "images", "labels") if k in batch}
-    return _npz_bytes(arrays) if "inputs" in arrays else None
+    # load_batch decodes the float32 inputs of a batch that stores uint8 images + mean/std.
+    try:
+        batch = load_batch(path)
+    except BatchError as exc:
+        raise PackageError(str(exc)) from None
+    return _npz_bytes(
+        {k: batch[k][:SAMPLE_COUNT] for k in ("inputs", "images", "labels") if k in batch}
+    )
 
 
 def _sha(data: bytes) -> str:

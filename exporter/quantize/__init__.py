@@ -28,15 +28,26 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.onnx.export import onnx_logits
+from exporter.onnx.export import onnx_session, run_batched
 from exporter.outdir import ONNX_INT8_PORTABLE
 from exporter.quantize.onnx_int8 import QuantSettings, calibration_cache, quantize_onnx
-from exporter.quantize.sensitivity import first_divergence, layer_sensitivity, most_sensitive_nodes
+from exporter.quantize.sensitivity import (
+    first_divergence,
+    most_sensitive_nodes,
+    sampled_sensitivity,
+)
 from exporter.recipe import QuantizeSpec
 from runtime_check.verdict import drop_within
 
 VNNI_FEATURES = {"avx512_vnni", "avx_vnni", "amx_int8"}
-SENSITIVITY_IMAGES = 200
+# Images of the per-layer sensitivity pass: its SNR and cosine pool every element of every
+# image, so a small fixed sample ranks the layers as well as the whole tuning set would.
+SENSITIVITY_IMAGES = 64
+# ... fewer on a large net: as many as make about this many bytes of layer outputs (both
+# models), at least sensitivity.MIN_IMAGES: the pass costs about as much on a large net.
+SENSITIVITY_BYTES = 4 << 30
+# Input bytes per ONNX Runtime call in the search's evaluations (see eval_chunk).
+CHUNK_BYTES = 16 << 20
 
 
 @dataclass
@@ -57,6 +68,8 @@ class QuantOutcome:
     calibration_note: str = ""
     # Quantization-aware fine-tuning, when it ran or was skipped (the report's Qat, as JSON).
     qat: dict | None = None
+    # What the search spent (the report's SearchCost, as JSON).
+    cost: dict | None = None
 
     def within(self, drop: float, max_drop: float) -> bool:
         """The int8 budget, judged within one tuning image (float noise never fails it)."""
@@ -79,6 +92,7 @@ class QuantOutcome:
             "first_divergence": self.first_divergence,
             "seconds": round(self.seconds, 2),
             "qat": self.qat,
+            "cost": self.cost,
         }
 
 
@@ -101,8 +115,123 @@ def decide_reduce_range(setting: str, device_kind: str, cpu: dict) -> tuple[bool
     )
 
 
+def eval_chunk(x: np.ndarray) -> int:
+    """Images per ONNX Runtime call: up to 256, fewer for large images, so that one call's
+    activations stay in the hundreds of MB (ResNet-50 at 224x224 takes 26 a call)."""
+    return max(1, min(256, CHUNK_BYTES // max(1, x[:1].nbytes)))
+
+
 def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
-    return float((onnx_logits(path, x).argmax(1) == y).mean() * 100.0)
+    logits = run_batched(onnx_session(path), x, chunk=eval_chunk(x))[0]
+    return float((logits.argmax(1) == y).mean() * 100.0)
+
+
+@dataclass
+class _Cost:
+    """What the search spent (the report's SearchCost)."""
+
+    calibrations: int = 0
+    evaluations: int = 0
+    evaluation_s: float = 0.0
+    sensitivity_passes: int = 0
+    sensitivity_images: int = 0
+    sensitivity_s: float = 0.0
+
+    def accuracy(self, path: Path, x: np.ndarray, y: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        acc = _accuracy(path, x, y)
+        self.evaluations += 1
+        self.evaluation_s += time.perf_counter() - t0
+        return acc
+
+    def sensitivity(self, fp32_path: Path, int8_path: Path, x: np.ndarray) -> list[dict]:
+        t0 = time.perf_counter()
+        rows, used = sampled_sensitivity(fp32_path, int8_path, x, SENSITIVITY_BYTES)
+        self.sensitivity_passes += 1
+        self.sensitivity_images = max(self.sensitivity_images, used)
+        self.sensitivity_s += time.perf_counter() - t0
+        return rows
+
+    def to_dict(self, tuning_images: int) -> dict:
+        return {
+            "calibrations": self.calibrations,
+            "evaluations": self.evaluations,
+            "tuning_images": tuning_images,
+            "evaluation_seconds": round(self.evaluation_s, 2),
+            "sensitivity_passes": self.sensitivity_passes,
+            "sensitivity_images": self.sensitivity_images,
+            "sensitivity_seconds": round(self.sensitivity_s, 2),
+        }
+
+
+class _Search:
+    """The state of one search: the files, the images, the variant on disk, the cost."""
+
+    def __init__(self, fp32_path: Path, out_path: Path, calib_x, tune_x, tune_y, outcome):
+        self.fp32_path, self.out_path = fp32_path, out_path
+        self.calib_x, self.tune_x, self.tune_y = calib_x, tune_x, tune_y
+        self.outcome: QuantOutcome = outcome
+        self.cost = _Cost()
+        self.on_disk: QuantSettings | None = None  # the variant out_path holds now
+
+    def write(self, settings: QuantSettings, path: Path | None = None) -> None:
+        """Quantize with ``settings``: calibrating only when the method has no cache yet."""
+        cache = calibration_cache(self.out_path.parent, settings.method)
+        fresh = not cache.is_file()
+        self.cost.calibrations += fresh
+        calib = self.calib_x if fresh else None
+        quantize_onnx(
+            self.fp32_path, path or self.out_path, settings, calib_inputs=calib, cache=cache
+        )
+        if path is None:
+            self.on_disk = settings
+
+    def attempt(self, settings: QuantSettings) -> float:
+        """The drop of one variant on the tuning images, recorded as an attempt."""
+        self.write(settings)
+        acc = self.cost.accuracy(self.out_path, self.tune_x, self.tune_y)
+        drop = self.outcome.fp32_tuning_accuracy - acc
+        self.outcome.attempts.append(
+            {
+                "method": settings.method,
+                "float_layers": list(settings.float_nodes),
+                "tuning_accuracy": acc,
+                "drop": drop,
+            }
+        )
+        return drop
+
+    def methods(self, spec: QuantizeSpec, first: QuantSettings) -> tuple[float, QuantSettings]:
+        """The calibration methods in order, until one holds the budget; returns the best."""
+        best: tuple[float, QuantSettings] | None = None
+        names = [spec.method] + [m for m in spec.fallback_methods if m != spec.method]
+        for method in names:
+            settings = dataclasses.replace(first, method=method)
+            drop = self.attempt(settings)
+            if best is None or drop < best[0]:
+                best = (drop, settings)
+            if self.outcome.within(drop, spec.max_drop):
+                break
+        return best
+
+    def float_fallbacks(
+        self, spec: QuantizeSpec, drop: float, chosen: QuantSettings, sens_x: np.ndarray
+    ) -> tuple[float, QuantSettings, list[dict]]:
+        """The most sensitive layers left in float, one more at a time, ranked by one
+        sensitivity pass on ``chosen``; returns the best drop, its settings and the pass."""
+        if self.on_disk != chosen:
+            self.write(chosen)
+        rows = self.cost.sensitivity(self.fp32_path, self.out_path, sens_x)
+        ranked = most_sensitive_nodes(rows, spec.max_float_layers)
+        base = chosen
+        for k in range(1, len(ranked) + 1):
+            settings = dataclasses.replace(base, float_nodes=tuple(ranked[:k]))
+            d = self.attempt(settings)
+            if d < drop:
+                drop, chosen = d, settings
+            if self.outcome.within(d, spec.max_drop):
+                break
+        return drop, chosen, rows
 
 
 def quantize_stage(
@@ -118,91 +247,49 @@ def quantize_stage(
     activations: str = "int8",
 ) -> QuantOutcome:
     """Search calibration methods and float fallbacks; write the chosen int8 (or 16x8, with
-    ``activations="int16"``) model to out_path."""
+    ``activations="int16"``) model to out_path.
+
+    The cost is bounded: one calibration per method (its ranges cached on disk and reused by
+    every later quantization with that method), one evaluation on the tuning images per
+    attempt, and the per-layer sensitivity in one pass over SENSITIVITY_IMAGES images, not
+    one evaluation per layer — a second pass only when float fallbacks had to be ranked on
+    another variant than the one chosen. ``QuantOutcome.cost`` records what was spent.
+    """
     start = time.perf_counter()
-    work = out_path.parent
+    sens_x = tune_x[:SENSITIVITY_IMAGES]
     if activations == "int16":
         reduce_range, why = False, "16x8: int8 weights, int16 activations (full 8-bit weights)"
     else:
         reduce_range, why = decide_reduce_range(spec.reduce_range, device_kind, cpu)
-    fp32_acc = _accuracy(fp32_path, tune_x, tune_y)
+    first = QuantSettings(spec.method, reduce_range, spec.per_channel, activations=activations)
     outcome = QuantOutcome(
-        QuantSettings(spec.method, reduce_range, spec.per_channel, activations=activations),
-        why,
-        fp32_acc,
-        onnx_path=out_path,
-        tflite_source=out_path,
-        tuning_samples=len(tune_y),
+        first, why, 0.0, onnx_path=out_path, tflite_source=out_path, tuning_samples=len(tune_y)
     )
-
-    def attempt(settings: QuantSettings) -> float:
-        quantize_onnx(
-            fp32_path,
-            out_path,
-            settings,
-            calib_inputs=calib_x,
-            cache=calibration_cache(work, settings.method),
-        )
-        acc = _accuracy(out_path, tune_x, tune_y)
-        outcome.attempts.append(
-            {
-                "method": settings.method,
-                "float_layers": list(settings.float_nodes),
-                "tuning_accuracy": acc,
-                "drop": fp32_acc - acc,
-            }
-        )
-        return fp32_acc - acc
-
-    best: tuple[float, QuantSettings] | None = None
-    methods = [spec.method] + [m for m in spec.fallback_methods if m != spec.method]
-    for method in methods:
-        settings = QuantSettings(method, reduce_range, spec.per_channel, activations=activations)
-        drop = attempt(settings)
-        if best is None or drop < best[0]:
-            best = (drop, settings)
-        if outcome.within(drop, spec.max_drop):
-            break
-    drop, chosen = best
+    search = _Search(fp32_path, out_path, calib_x, tune_x, tune_y, outcome)
+    outcome.fp32_tuning_accuracy = search.cost.accuracy(fp32_path, tune_x, tune_y)
+    drop, chosen = search.methods(spec, first)
+    ranked_on: tuple[QuantSettings, list[dict]] | None = None
     if not outcome.within(drop, spec.max_drop) and spec.max_float_layers > 0:
-        quantize_onnx(
-            fp32_path,
-            out_path,
-            chosen,
-            calib_inputs=calib_x,
-            cache=calibration_cache(work, chosen.method),
-        )
-        rows = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
-        ranked = most_sensitive_nodes(rows, spec.max_float_layers)
-        for k in range(1, len(ranked) + 1):
-            settings = dataclasses.replace(chosen, float_nodes=tuple(ranked[:k]))
-            d = attempt(settings)
-            if d < drop:
-                drop, chosen = d, settings
-            if outcome.within(d, spec.max_drop):
-                break
+        base = chosen
+        drop, chosen, rows = search.float_fallbacks(spec, drop, chosen, sens_x)
+        ranked_on = (base, rows)
     # Leave the chosen variant on disk (the last attempt may have been another one).
-    quantize_onnx(
-        fp32_path,
-        out_path,
-        chosen,
-        calib_inputs=calib_x,
-        cache=calibration_cache(work, chosen.method),
-    )
+    if search.on_disk != chosen:
+        search.write(chosen)
     if chosen.reduce_range:
+        # The full 8-bit twin, from the ranges in the cache: both models share them.
         outcome.tflite_source = out_path.with_name(ONNX_INT8_PORTABLE)
-        quantize_onnx(
-            fp32_path,
-            outcome.tflite_source,
-            dataclasses.replace(chosen, reduce_range=False),
-            calib_inputs=None,  # the ranges are in the cache: both models share them
-            cache=calibration_cache(work, chosen.method),
-        )
+        search.write(dataclasses.replace(chosen, reduce_range=False), outcome.tflite_source)
     outcome.settings = chosen
     outcome.within_budget = outcome.within(drop, spec.max_drop)
     for a in outcome.attempts:
         a["chosen"] = a["method"] == chosen.method and a["float_layers"] == list(chosen.float_nodes)
-    outcome.sensitivity = layer_sensitivity(fp32_path, out_path, tune_x[:SENSITIVITY_IMAGES])
+    # The ranking pass already measured the chosen model when no layer went back to float.
+    if ranked_on is not None and ranked_on[0] == chosen:
+        outcome.sensitivity = ranked_on[1]
+    else:
+        outcome.sensitivity = search.cost.sensitivity(fp32_path, out_path, sens_x)
     outcome.first_divergence = first_divergence(outcome.sensitivity)
+    outcome.cost = search.cost.to_dict(len(tune_y))
     outcome.seconds = time.perf_counter() - start
     return outcome

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import onnx
 
-from exporter.onnx.export import onnx_session, run_batched
+from exporter.onnx.export import onnx_session
 
 LAYER_OPS = {
     "Conv",
@@ -33,6 +33,11 @@ LAYER_OPS = {
 FUSED_ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish", "HardSigmoid", "Tanh"}
 # Below this SNR (dB) a layer's int8 output is called diverging.
 DIVERGENCE_SNR_DB = 20.0
+# Every layer's output of both models is held for one batch: images per batch are chosen so
+# that they take about this many bytes (a large net at 224x224 exposes hundreds of MB per image).
+OUTPUT_BYTES = 256 << 20
+# The fewest images a sampled sensitivity pass uses, however large the net.
+MIN_IMAGES = 8
 # The SNR of a full-scale signal through an ideal 8-bit quantizer: the ceiling of any int8 layer.
 IDEAL_INT8_SNR_DB = 6.02 * 8 + 1.76
 
@@ -47,6 +52,16 @@ def _expose(model: onnx.ModelProto, names: list[str]) -> bytes:
 
 def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
     """Rows in graph order: node, op, tensor, cosine, snr_db (int8 vs float)."""
+    return sampled_sensitivity(fp32_path, int8_path, inputs)[0]
+
+
+def sampled_sensitivity(
+    fp32_path, int8_path, inputs: np.ndarray, budget_bytes: int | None = None
+) -> tuple[list[dict], int]:
+    """:func:`layer_sensitivity` on the first images of ``inputs`` whose layer outputs (both
+    models) add up to about ``budget_bytes`` (at least MIN_IMAGES; all with None): the pass
+    then costs about the same on a large net as on a small one. Returns the rows and the
+    number of images used."""
     fp = onnx.load(str(fp32_path))
     q = onnx.load(str(int8_path))
     q_tensors = {o for n in q.graph.node for o in n.output}
@@ -70,25 +85,47 @@ def layer_sensitivity(fp32_path, int8_path, inputs: np.ndarray) -> list[dict]:
     # Graph optimisations would fuse away the intermediate tensors we read.
     s_fp = onnx_session(_expose(fp, names), optimize=False)
     s_q = onnx_session(_expose(q, list(q_name.values())), optimize=False)
-    out_fp = dict(zip([o.name for o in s_fp.get_outputs()], run_batched(s_fp, inputs), strict=True))
-    out_q = dict(zip([o.name for o in s_q.get_outputs()], run_batched(s_q, inputs), strict=True))
+    fp_outs = [o.name for o in s_fp.get_outputs()]
+    q_outs = [o.name for o in s_q.get_outputs()]
+    # Sums over every element of every image, batch by batch: holding every layer's output
+    # for all images at once would take gigabytes on a large net (ResNet-50 at 224x224).
+    # Per tensor: signal sum(a^2), noise sum((a-b)^2), sum(a*b), sum(b^2).
+    sums = {t: np.zeros(4) for t in names}
+    fixed_batch = bool(s_fp.get_inputs()[0].shape) and s_fp.get_inputs()[0].shape[0] == 1
+    i, step = 0, 1  # the first image alone: it tells how many bytes an image's outputs take
+    while i < len(inputs):
+        batch = inputs[i : i + step]
+        out_fp = dict(zip(fp_outs, _run(s_fp, batch), strict=True))
+        out_q = dict(zip(q_outs, _run(s_q, batch), strict=True))
+        for tensor in names:
+            a = out_fp[tensor].astype(np.float64).ravel()
+            b = out_q[q_name[tensor]].astype(np.float64).ravel()
+            d = a - b
+            sums[tensor] += (a @ a, d @ d, a @ b, b @ b)
+        if i == 0:
+            per_image = max(1, sum(v.nbytes for v in (*out_fp.values(), *out_q.values())))
+            if budget_bytes is not None:
+                inputs = inputs[: max(MIN_IMAGES, budget_bytes // per_image)]
+            step = 1 if fixed_batch else max(1, min(64, OUTPUT_BYTES // per_image))
+        i += len(batch)
     rows = []
     for node, op, tensor in layers:
-        a = out_fp[tensor].astype(np.float64).ravel()
-        b = out_q[q_name[tensor]].astype(np.float64).ravel()
-        noise = float(np.sum((a - b) ** 2))
-        signal = float(np.sum(a**2))
-        denom = float(np.linalg.norm(a) * np.linalg.norm(b))
+        signal, noise, dot, energy = (float(v) for v in sums[tensor])
+        denom = math.sqrt(signal) * math.sqrt(energy)
         rows.append(
             {
                 "node": node,
                 "op": op,
                 "tensor": tensor,
-                "cosine": float(a @ b / denom) if denom else 1.0,
+                "cosine": dot / denom if denom else 1.0,
                 "snr_db": 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else math.inf,
             }
         )
-    return rows
+    return rows, min(i, len(inputs))
+
+
+def _run(sess, x: np.ndarray) -> list[np.ndarray]:
+    return sess.run(None, {sess.get_inputs()[0].name: x})
 
 
 def first_divergence(rows: list[dict], threshold_db: float = DIVERGENCE_SNR_DB) -> str | None:

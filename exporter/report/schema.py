@@ -48,6 +48,29 @@ class ModelInfo:
         "the verdict is `not_meaningful`",
         default=False,
     )
+    input_name: str | None = doc(
+        "the model's input name, kept in every artifact (`input` for torch models)", default=None
+    )
+    input_layout: str | None = doc(
+        "an `.onnx` model's own input layout, `nchw` or `nhwc` (detected from the data's shape, "
+        "or `--layout`); the artifacts of an NHWC model take NCHW through a Transpose put in "
+        "front; null for torch models (NCHW)",
+        default=None,
+    )
+    output: str | None = doc(
+        "the output validated and exported when the model has several (`--output`, else the "
+        "first); null for a single output",
+        default=None,
+    )
+    outputs: list[str] | None = doc(
+        "every output of a model that has several, else null", default=None
+    )
+    adapted: list[str] | None = doc(
+        "what was changed in the model to enter the pipeline (an `.onnx` model's pinned dims, "
+        "Transpose, outputs dropped; a `.pt2` program's training-mode nodes set to eval), null "
+        "when used as it is",
+        default=None,
+    )
 
 
 @dataclass
@@ -308,6 +331,26 @@ class ExportCheck:
     onnx_vs_torch_max_abs_diff: float = doc(
         "compressed torch model vs its ONNX export, max |logit diff| on the first 64 eval images"
     )
+    exporter: str = doc(
+        "the torch.onnx path that wrote model.fp32.onnx: `dynamo` or `torchscript` "
+        "(`dynamo=False`, tried when the dynamo exporter failed)",
+        default="dynamo",
+    )
+    dynamic_batch: bool = doc(
+        "model.fp32.onnx takes any batch; false: a batch of exactly 1 (the model's code fixes "
+        "it, or the dynamic batch failed to export: see `fallback_reason`)",
+        default=True,
+    )
+    fallback_reason: str | None = doc(
+        "why the first path (dynamo, dynamic batch) was not used: its first cause; else null",
+        default=None,
+    )
+    seconds: float | None = doc("wall time of the ONNX export, seconds", default=None)
+    cached: bool = doc(
+        "model.fp32.onnx is the graph of an earlier export of the same code and weights, "
+        "checked to compute the model (`EDGEPACK_CACHE_DIR`; empty turns the cache off)",
+        default=False,
+    )
 
 
 @dataclass
@@ -346,6 +389,26 @@ class Qat:
 
 
 @dataclass
+class SearchCost:
+    """What the int8 search spent, so its growth with the model is visible."""
+
+    calibrations: int = doc("calibration runs: one per method tried (its ranges are cached)")
+    evaluations: int = doc("full passes over the tuning images: the fp32 model and every attempt")
+    tuning_images: int = doc("images per evaluation")
+    evaluation_seconds: float = doc("wall time of those evaluations, seconds")
+    sensitivity_passes: int = doc(
+        "per-layer sensitivity passes (fp32 and int8 side by side), never one per layer: 1 for "
+        "the report's table; 2 when float fallbacks were ranked on a variant other than the "
+        "one chosen"
+    )
+    sensitivity_images: int = doc(
+        "tuning images per sensitivity pass: up to 64, fewer (at least 8) when the layer "
+        "outputs of an image are large, so a pass costs about as much on any net"
+    )
+    sensitivity_seconds: float = doc("wall time of the sensitivity passes, seconds")
+
+
+@dataclass
 class Quantization:
     """The int8 stage (run reports with int8 only)."""
 
@@ -364,6 +427,9 @@ class Quantization:
     first_divergence: str | None = doc("first layer whose SNR falls below the threshold")
     seconds: float = doc("wall time of the search")
     qat: Qat | None = doc("null unless QAT ran or was skipped", default=None)
+    cost: SearchCost | None = doc(
+        "what the search spent (reports of edgepack 0.1 before this field: null)", default=None
+    )
 
 
 @dataclass

@@ -19,6 +19,7 @@ from exporter.report.build import build_report, print_table, reference_for
 from exporter.report.html import render_html
 from exporter.report.schema import Reference, Target, read_report
 from exporter.targets.validate import make_runner, validate
+from runtime_check.batch import PER_IMAGE
 
 
 def _eval_subset(
@@ -26,13 +27,19 @@ def _eval_subset(
 ) -> tuple[Path, Reference]:
     """The target recipe's ``eval.samples`` images of the batch (emulated targets use fewer),
     with the reference accuracy recomputed on exactly those images so drops stay comparable."""
-    with np.load(batch, allow_pickle=False) as z:
-        data = {k: z[k] for k in z.files}
+    try:
+        with np.load(batch, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise InputFileError(f"{batch}: not a readable eval batch ({exc})") from None
+    if "labels" not in data or "reference_logits" not in data:
+        raise InputFileError(f"{batch} lacks labels or reference_logits: re-run `edgepack run`")
     n = len(data["labels"])
     if samples >= n:
         return batch, reference
     idx = np.sort(np.random.default_rng(seed).choice(n, samples, replace=False))
-    subset = {k: v[idx] for k, v in data.items()}
+    # The normalization (mean, std) is per channel, not per image: kept whole.
+    subset = {k: v[idx] if k in PER_IMAGE else v for k, v in data.items()}
     path = scratch / EVAL_BATCH
     np.savez(path, **subset)
     acc = float((subset["reference_logits"].argmax(1) == subset["labels"]).mean() * 100.0)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+from runtime_check.batch import load_batch
 from tests.helpers import invoke
 
 PRECISIONS = ("fp32", "fp16", "dynamic", "int8", "int16x8")
@@ -64,7 +65,7 @@ def test_every_precision_in_both_formats_is_written_validated_and_runs(run_out):
         assert row["status"] == "ok", row
         assert (run_out / path).stat().st_size == row["bytes"]
 
-    batch = np.load(run_out / "eval_batch.npz")
+    batch = load_batch(run_out / "eval_batch.npz")
     x, labels = batch["inputs"], batch["labels"]
     assert len(x) >= 200  # the 99.5 % figure below must be able to tell one image apart
     logits = {path: _logits(run_out / path, x) for path in rows}

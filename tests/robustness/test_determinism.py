@@ -17,7 +17,16 @@ from tests.helpers import EDGEPACK
 from tests.robustness.options import FAST
 
 # Measured, not computed: differ between two runs of the same command by nature.
-VOLATILE_KEYS = {"latency_ms", "peak_rss_mb", "model_rss_mb", "conversion_s", "seconds"}
+VOLATILE_KEYS = {
+    "latency_ms",
+    "peak_rss_mb",
+    "model_rss_mb",
+    "conversion_s",
+    "seconds",
+    "evaluation_seconds",
+    "sensitivity_seconds",
+    "cached",  # whether the ONNX export came from the export cache: its state, not the run's
+}
 VOLATILE_BUDGETS = {"max_latency_p90_ms", "max_peak_rss_mb"}
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from exporter.outdir import OUTPUT_MARKER
+from runtime_check.batch import load_batch
 from tests.helpers import assert_one_line_error, invoke, load_npz
 
 FAST = [
@@ -89,7 +90,7 @@ def test_run_end_to_end(trained, tmp_path):
     comp = report["compression"]
     assert abs(comp["pruned_fraction"] - 0.75) < 1e-3
     # The artifact reloads and reproduces the accuracy in the report.
-    batch = load_npz(out / "eval_batch.npz")
+    batch = load_batch(out / "eval_batch.npz")
     sess = ort.InferenceSession(str(out / "model.fp32.onnx"))
     pred = sess.run(None, {"input": batch["inputs"]})[0].argmax(1)
     assert (pred == batch["labels"]).mean() * 100 == pytest.approx(art["accuracy"])
@@ -238,7 +239,7 @@ def test_bad_inputs_one_line_exit_2_nothing_written(trained, tmp_path, nets, rgb
         (["--model", "seed-cnn", "--weights", corrupt_pt], "not a readable torch weights file"),
         (["--model", f"{nets}:Missing"], "'Missing' not found"),
         (["--model", f"{nets}:nothing"], "returned NoneType, not a torch.nn.Module"),
-        (["--model", f"{nets}:Tuple"], "returns a tuple"),
+        (["--model", f"{nets}:Tuple", "--output", "2"], "the model's outputs are 0, 1"),
         (["--model", f"{nets}:TwoClass"], "label 9 is outside the model's 2 classes"),
         (
             ["--model", f"{nets}:TwoClass", "--data", f"npz:{rgb_npz}"],

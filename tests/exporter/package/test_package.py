@@ -16,6 +16,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 from exporter.errors import PackageError
 from exporter.package.zipfile_det import FIXED_TIME, check_entry_name, zip_bytes
+from runtime_check.batch import load_batch
 from tests.exporter.package.fb_reader import read_model_metadata
 from tests.helpers import assert_one_line_error, invoke, load_npz
 
@@ -202,7 +203,7 @@ def _litert(model: bytes, x: np.ndarray) -> np.ndarray:
 
 
 def test_packaged_tflite_gives_identical_outputs(run_dir):
-    x = load_npz(run_dir / "eval_batch.npz")["inputs"].transpose(0, 2, 3, 1)
+    x = load_batch(run_dir / "eval_batch.npz")["inputs"].transpose(0, 2, 3, 1)
     plain = _litert((run_dir / "model.int8.tflite").read_bytes(), x)
     packed = _litert((run_dir / "package" / "android" / "model.tflite").read_bytes(), x)
     assert np.array_equal(plain, packed)
@@ -231,7 +232,7 @@ def test_metadata_reads_back(run_dir):
     assert inp["unit_type"] == 1  # NormalizationOptions
     np.testing.assert_allclose(inp["mean"], np.array(norm["mean"]) * 255, rtol=1e-6)
     np.testing.assert_allclose(inp["std"], np.array(norm["std"]) * 255, rtol=1e-6)
-    x = load_npz(run_dir / "eval_batch.npz")["inputs"]  # 0 and 255 both occur in digits
+    x = load_batch(run_dir / "eval_batch.npz")["inputs"]  # 0 and 255 both occur in digits
     np.testing.assert_allclose(
         [inp["stats_min"][0], inp["stats_max"][0]], [x.min(), x.max()], rtol=1e-5
     )
@@ -298,7 +299,7 @@ def test_packaged_tflite_adds_only_metadata_and_labels(run_dir):
 
 
 def test_ort_model_matches_onnx_top1(run_dir):
-    batch = load_npz(run_dir / "eval_batch.npz")
+    batch = load_batch(run_dir / "eval_batch.npz")
     x = batch["inputs"]
     ref = ort.InferenceSession(str(run_dir / "model.int8.onnx"), providers=["CPUExecutionProvider"])
     packed = ort.InferenceSession(
