@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from exporter.pipeline import RunResult
     from exporter.training.train_model import TrainResult
+    from exporter.tuning import TuneResult
 
 
 def run(
@@ -98,6 +99,56 @@ def train(
             holdout=holdout,
             seed=seed,
             force=force,
+            quiet=quiet,
+        )
+    )
+
+
+def tune(
+    model: str,
+    out: str | Path,
+    *,
+    weights: str | None = None,
+    data: str = "digits",
+    eval_data: str | None = None,
+    target: str = "x86_64",
+    objective: str = "size",
+    trials: int = 20,
+    timeout_s: float | None = None,
+    jobs: int = 1,
+    storage: str | None = None,
+    study: str | None = None,
+    overrides: tuple[str, ...] = (),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    quiet: bool = True,
+) -> TuneResult:
+    """``edgepack tune`` as a function: runs (or resumes) the study and writes tune.json,
+    tune.html, best.toml and best/ into ``out``; ``result.report`` is tune.json.
+
+    ``objective`` is ``size``, ``latency`` or ``instructions``; ``storage``/``study`` put the
+    study in any Optuna storage URL (PostgreSQL for many machines; default SQLite in ``out``).
+    """
+    from exporter.tuning import TuneOptions
+    from exporter.tuning import tune as run_tune
+
+    return run_tune(
+        TuneOptions(
+            model=model,
+            out=Path(out),
+            weights=weights,
+            data=data,
+            eval_data=eval_data,
+            target=target,
+            objective=objective,
+            trials=trials,
+            timeout_s=timeout_s,
+            jobs=jobs,
+            storage=storage,
+            study=study,
+            overrides=tuple(overrides),
+            mean=None if mean is None else tuple(float(v) for v in mean),
+            std=None if std is None else tuple(float(v) for v in std),
             quiet=quiet,
         )
     )

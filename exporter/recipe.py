@@ -316,6 +316,97 @@ class BudgetSpec:
     )
 
 
+#: The recipe knobs `edgepack tune` can search (``tune.params``); ``precision`` is
+#: ``export.precisions`` set to one precision.
+TUNE_KNOBS = (
+    "compress.prune.sparsity",
+    "compress.prune.block",
+    "compress.channels.ratio",
+    "compress.finetune.epochs",
+    "precision",
+    "quantize.method",
+    "export.storage",
+)
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    params: list[str] = _spec(
+        [],
+        choices=TUNE_KNOBS,
+        doc="`edgepack tune`: the knobs searched; empty: the objective's defaults (size: "
+        "compress.prune.sparsity, compress.prune.block, compress.finetune.epochs, precision, "
+        "export.storage; latency and instructions: compress.channels.ratio, "
+        "compress.finetune.epochs, precision; microcontroller targets: "
+        "compress.channels.ratio, compress.finetune.epochs)",
+    )
+    sparsity: list[float] = _spec(
+        [0.5, 0.95], lo=0.0, hi=1.0, hi_open=True, doc="[low, high] of compress.prune.sparsity"
+    )
+    block_cols: list[int] = _spec(
+        [1, 4, 16],
+        lo=1,
+        hi=64,
+        doc="compress.prune.block candidates [1, cols] (TFLite's sparse FC kernels: 4 float32, "
+        "16 int8)",
+    )
+    channel_ratio: list[float] = _spec(
+        [0.0, 0.6], lo=0.0, hi=1.0, hi_open=True, doc="[low, high] of compress.channels.ratio"
+    )
+    epochs: list[int] = _spec([1, 4], lo=0, hi=1000, doc="[low, high] of compress.finetune.epochs")
+    precisions: list[str] = _spec(
+        ["fp32", "int8"], choices=PRECISIONS, doc="candidates of `precision`"
+    )
+    methods: list[str] = _spec(
+        ["minmax", "percentile", "entropy"],
+        choices=("minmax", "entropy", "percentile"),
+        doc="candidates of quantize.method",
+    )
+    storage: list[str] = _spec(
+        ["dense", "sparse"],
+        choices=("dense", "sparse"),
+        doc="candidates of export.storage (sparse: a sparse-stored copy beside the dense one)",
+    )
+    formats: list[str] = _spec(
+        ["tflite"],
+        choices=("onnx", "tflite"),
+        doc="export.formats of every trial (fewer formats: faster trials)",
+    )
+    samples: int = _spec(
+        2000,
+        lo=2,
+        doc="images of the tuning split trials are scored on (at most half the eval images): "
+        "seeded, stratified, carved from the hold-out of --data (or --eval-data); the front "
+        "is validated on the other eval images only. Trials train on what `edgepack run` "
+        "trains on",
+    )
+    seed: int = _spec(0, lo=0, doc="seed of the tuning split and of the sampler")
+    sampler: str = _spec(
+        "tpe",
+        choices=("tpe", "nsga2", "random"),
+        doc="Optuna sampler: multi-objective TPE, NSGA-II, or random search",
+    )
+    startup_trials: int = _spec(
+        6, lo=1, hi=10000, doc="TPE: random trials before the model-based search"
+    )
+    prune_margin: float = _spec(
+        5.0,
+        lo=0.0,
+        doc="points beyond budgets.max_accuracy_drop at which a trial's fine-tuning is stopped "
+        "after its first epoch (tuning split)",
+    )
+    front_max: int = _spec(
+        6, lo=1, hi=1000, doc="Pareto-front trials rebuilt and validated on the eval data"
+    )
+    heartbeat_s: float = _spec(
+        10.0,
+        lo=0.0,
+        lo_open=True,
+        hi=3600.0,
+        doc="a trial whose process sends no heartbeat for 2x this is marked FAIL (and retried once)",
+    )
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str = _spec("custom", doc="set from the file name")
@@ -327,6 +418,7 @@ class Recipe:
     quantize: QuantizeSpec = field(default_factory=QuantizeSpec)
     eval: EvalSpec = field(default_factory=EvalSpec)
     budgets: BudgetSpec = field(default_factory=BudgetSpec)
+    tune: TuneSpec = field(default_factory=TuneSpec)
     source: str = _spec("", doc="file the recipe came from (set by the loader)")
 
     def to_dict(self) -> dict[str, Any]:
@@ -521,7 +613,19 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
     if rnd.step is not None and rnd.bits is not None:
         raise RecipeError(f"{blame('compress.round')}: set either step or bits, not both")
     _check_device(recipe, blame)
+    _check_tune(recipe.tune, blame)
     return dataclasses.replace(recipe, name=path.stem, source=str(path))
+
+
+def _check_tune(tune: TuneSpec, blame: Callable[[str], str]) -> None:
+    """Ranges are [low, high]; candidate lists are not empty."""
+    for key in ("sparsity", "channel_ratio", "epochs"):
+        value = getattr(tune, key)
+        if len(value) != 2 or value[0] > value[1]:
+            raise RecipeError(f"{blame('tune.' + key)}: expected [low, high], got {value}")
+    for key in ("block_cols", "precisions", "methods", "storage", "formats"):
+        if not getattr(tune, key):
+            raise RecipeError(f"{blame('tune.' + key)}: needs at least one candidate")
 
 
 def _check_tflm(recipe: Recipe, blame: Callable[[str], str]) -> None:

@@ -49,8 +49,10 @@ ALLOWED: dict[str, set[str]] = {
         "report",
         "package",
     },
+    # `edgepack tune` runs the pipeline once per trial; nothing but cli and the API imports it.
+    "tuning": BASE | {"pipeline", "inputs", "training", "report"},
     "cli": None,  # the command line may call anything
-    "__init__": {"pipeline", "training", "errors"},
+    "__init__": {"pipeline", "training", "tuning", "errors"},
     "__main__": {"cli"},
 }
 

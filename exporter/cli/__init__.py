@@ -60,6 +60,7 @@ def _register() -> None:
         target_cmd,
         targets_cmd,
         train_cmd,
+        tune_cmd,
     )
 
     for module in (
@@ -72,6 +73,7 @@ def _register() -> None:
         ops_cmd,
         package_cmd,
         compare_cmd,
+        tune_cmd,
     ):
         cli.add_command(module.command)
 
@@ -81,5 +83,8 @@ _register()
 
 def main(args: list[str] | None = None) -> None:
     """The console script; ``args`` defaults to ``sys.argv[1:]``."""
+    from exporter.common import interrupt
+
     signal.signal(signal.SIGTERM, _terminate)
+    interrupt.install()
     cli.main(args, prog_name="edgepack")

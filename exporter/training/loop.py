@@ -8,6 +8,7 @@ gradual pruning can tighten its masks.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,14 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 5e-4
     augment: bool = False  # random crop (pad 4) + horizontal flip
+
+
+#: Called as ``observer(epoch, epochs, model)`` after every epoch of every :func:`train` in
+#: this context; ``edgepack tune`` sets it to stop a hopeless trial's fine-tuning early (an
+#: exception it raises ends training). The model is in eval mode during the call.
+EPOCH_OBSERVER: ContextVar[Callable[[int, int, nn.Module], None] | None] = ContextVar(
+    "epoch_observer", default=None
+)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -109,6 +118,11 @@ def train(
                     f"loss {running / (b + 1):.3f}",
                 )
         history.append(running / per_epoch)
+        observer = EPOCH_OBSERVER.get()
+        if observer is not None:
+            set_mode(model, training=False)
+            observer(epoch, cfg.epochs, model)
+            set_mode(model, training=True)
     bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         what = f"weights {', '.join(bad)} became not finite"
