@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO   := dist/demo
 
-.PHONY: demo test lint docs bench clean
+.PHONY: demo test test-zoo lint docs bench bench-scaling clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not zoo"
+
+# The torchvision zoo beyond the fast subset in `make test` (about 4 minutes; .ci/run runs it).
+test-zoo: $(STAMP)
+	$(BIN)/python -m pytest -q -m zoo tests/zoo
 
 # Long benchmarks against peer tools (not part of `make test`); needs ../shared CIFAR-10 or DATA=.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(DATA),--data $(DATA))
+
+# Wall time per stage of `edgepack run` against model size, up to ResNet-50 at 224x224 (long).
+bench-scaling: $(STAMP)
+	$(BIN)/python bench/scaling.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
