@@ -61,7 +61,7 @@ from exporter.outdir import (
 from exporter.quantize import QuantOutcome, quantize_stage
 from exporter.quantize.dynamic import dynamic_onnx
 from exporter.quantize.qat import qat_finetune
-from exporter.recipe import Recipe, load_recipe
+from exporter.recipe import QuantizeSpec, Recipe, load_recipe
 from exporter.report.build import build_report, print_table, reference_for
 from exporter.report.html import write_html
 from exporter.report.schema import (
@@ -178,13 +178,29 @@ def _compress_and_export(
     return from_json(Compression, section, "compression"), check, compressed
 
 
-def _quantization_images(recipe: Recipe, splits, norm) -> tuple[np.ndarray, ...]:
+# The fewest tuning images a MAC budget (quantize.tuning_gmacs) leaves: 0.4 points an image.
+MIN_TUNING_IMAGES = 250
+
+
+def tuning_count(q: QuantizeSpec, macs: int | None) -> int:
+    """quantize.tuning_samples, capped for a large net so that one pass over the tuning images
+    costs at most quantize.tuning_gmacs (the search makes two or more such passes)."""
+    if not macs:
+        return q.tuning_samples
+    affordable = int(q.tuning_gmacs * 1e9 // macs)
+    return min(q.tuning_samples, max(MIN_TUNING_IMAGES, affordable))
+
+
+def _quantization_images(
+    recipe: Recipe, splits, norm, macs: int | None = None
+) -> tuple[np.ndarray, ...]:
     """Calibration and tuning images, both from the training split (never the eval set)."""
     q = recipe.quantize
     rng = np.random.default_rng(recipe.eval.seed)
     order = rng.permutation(len(splits.train))
     calib_idx = np.sort(order[: q.calibration_samples])
-    tune_idx = np.sort(order[q.calibration_samples : q.calibration_samples + q.tuning_samples])
+    tuning = tuning_count(q, macs)
+    tune_idx = np.sort(order[q.calibration_samples : q.calibration_samples + tuning])
     if len(tune_idx) == 0:  # tiny data: tune on the calibration images rather than not at all
         tune_idx = calib_idx
     return (
@@ -212,12 +228,14 @@ def _search(
     )
 
 
-def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8") -> QuantOutcome:
+def _quantize(
+    tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8", macs: int | None = None
+) -> QuantOutcome:
     """Calibrate on training images and search for an int8 model (16x8 with
     ``activations="int16"``) within quantize.max_drop."""
     q = recipe.quantize
-    images = _quantization_images(recipe, splits, norm)
-    calib_x = images[0]
+    images = _quantization_images(recipe, splits, norm, macs)
+    calib_x, tune_y = images[0], images[2]
     out = tmp / (ONNX_INT16X8 if activations == "int16" else ONNX_INT8)
     outcome = _search(tmp / ONNX_FP32, out, recipe, images, activations)
     outcome.calibration_note = (
@@ -226,6 +244,12 @@ def _quantize(tmp: Path, recipe: Recipe, splits, norm, activations: str = "int8"
         else f"only {len(calib_x)} training images (recipe asks for "
         f"{q.calibration_samples}): calibrated on all of them"
     )
+    if tuning_count(q, macs) < q.tuning_samples:
+        outcome.calibration_note += (
+            f"; tuned on {len(tune_y)} training images, not quantize.tuning_samples = "
+            f"{q.tuning_samples}: {macs / 1e9:.2f} GMACs an image, quantize.tuning_gmacs = "
+            f"{q.tuning_gmacs:g}"
+        )
     return outcome
 
 
@@ -237,6 +261,7 @@ def _qat(
     compressed: nn.Module,
     outcome: QuantOutcome,
     progress: Progress,
+    macs: int | None = None,
 ) -> None:
     """Quantization-aware fine-tuning when int8 still misses its budget.
 
@@ -245,7 +270,7 @@ def _qat(
     against the *original* fp32 model; ``outcome`` then describes it.
     """
     q, ft = recipe.quantize, recipe.compress.finetune
-    images = _quantization_images(recipe, splits, norm)
+    images = _quantization_images(recipe, splits, norm, macs)
     calib_x = images[0]
     model = copy_model(compressed)
     cfg = TrainConfig(
@@ -390,14 +415,14 @@ def _weight_only(tmp: Path, recipe: Recipe, progress: Progress) -> list[Artifact
 
 
 def _int16x8(
-    tmp: Path, recipe: Recipe, splits, norm, progress: Progress
+    tmp: Path, recipe: Recipe, splits, norm, progress: Progress, macs: int | None = None
 ) -> tuple[list[Artifact], QuantOutcome | None]:
     """16x8 where the recipe asks: the int8 search with int16 activations (same calibration
     ranges, sensitivity table and float fallbacks), then its TFLite lowering."""
     if "int16x8" not in recipe.export.precisions:
         return [], None
     task = progress.add_task("quantize int16x8", total=1)
-    outcome = _quantize(tmp, recipe, splits, norm, activations="int16")
+    outcome = _quantize(tmp, recipe, splits, norm, activations="int16", macs=macs)
     facts = Int8Facts(
         calibration=outcome.settings.method,
         reduce_range=False,
@@ -519,6 +544,8 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
             compression, export, compressed = _compress_and_export(
                 module, recipe, splits, norm, eval_x, (ref_logits, params, macs), tmp, progress
             )
+        # What the int8 search runs is the compressed model: its MACs bound the tuning images.
+        quant_macs = compression.macs or macs
         # The fp32 ONNX model is the intermediate form of every later stage, so it is always
         # written; it is an artifact (validated, reported) only when the recipe asks for ONNX.
         if "onnx" in formats:
@@ -532,14 +559,14 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
         artifacts.extend(_weight_only(tmp, recipe, progress))
         if "int8" in recipe.export.precisions:
             task = progress.add_task("quantize int8", total=1)
-            outcome = _quantize(tmp, recipe, splits, norm)
+            outcome = _quantize(tmp, recipe, splits, norm, macs=quant_macs)
             if not outcome.within_budget and recipe.quantize.qat_epochs:
                 if compressed is None:
                     outcome.qat = to_json(
                         Qat(skipped="the model entered as ONNX: QAT needs the torch model")
                     )
                 else:
-                    _qat(tmp, recipe, splits, norm, compressed, outcome, progress)
+                    _qat(tmp, recipe, splits, norm, compressed, outcome, progress, quant_macs)
             quantization = from_json(Quantization, outcome.section(), "quantization")
             if "onnx" in formats:
                 facts = Int8Facts(
@@ -555,7 +582,7 @@ def _run(opts: RunOptions, recipe: Recipe, progress: Progress, console) -> RunRe
                 artifacts.append(dense)
                 sparse_tflite += [sparse] if sparse else []
                 progress.update(task, advance=1)
-        wide, wide_outcome = _int16x8(tmp, recipe, splits, norm, progress)
+        wide, wide_outcome = _int16x8(tmp, recipe, splits, norm, progress, quant_macs)
         artifacts.extend(wide)
         if quantization is None and wide_outcome is not None:
             quantization = from_json(Quantization, wide_outcome.section(), "quantization")

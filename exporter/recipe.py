@@ -169,6 +169,14 @@ class QuantizeSpec:
         doc="training images (not the eval set) on which int8 variants "
         "are compared while searching",
     )
+    tuning_gmacs: float = _spec(
+        1000.0,
+        lo=0.0,
+        lo_open=True,
+        doc="at most this many GMACs (1e9 multiply-accumulates) in one pass over the tuning "
+        "images: a large net is tuned on fewer images (never fewer than 250; ResNet-50 at "
+        "224x224, 4.1 GMACs: 250), so the search's passes do not outweigh the rest of the run",
+    )
     reduce_range: str = _spec(
         "auto",
         choices=("auto", "on", "off"),
@@ -323,6 +331,7 @@ TUNE_KNOBS = (
     "compress.prune.block",
     "compress.channels.ratio",
     "compress.finetune.epochs",
+    "compress.finetune.augment",
     "precision",
     "quantize.method",
     "export.storage",
@@ -335,10 +344,11 @@ class TuneSpec:
         [],
         choices=TUNE_KNOBS,
         doc="`edgepack tune`: the knobs searched; empty: the objective's defaults (size: "
-        "compress.prune.sparsity, compress.prune.block, compress.finetune.epochs, precision, "
-        "export.storage; latency and instructions: compress.channels.ratio, "
-        "compress.finetune.epochs, precision; microcontroller targets: "
-        "compress.channels.ratio, compress.finetune.epochs)",
+        "compress.prune.sparsity, compress.prune.block, compress.finetune.epochs, "
+        "compress.finetune.augment; latency, instructions and microcontroller targets: "
+        "compress.channels.ratio, compress.finetune.epochs, compress.finetune.augment). "
+        "Without precision and export.storage among them, a trial writes every precision "
+        "and storage of the target's recipe and is scored by the best artifact",
     )
     sparsity: list[float] = _spec(
         [0.5, 0.95], lo=0.0, hi=1.0, hi_open=True, doc="[low, high] of compress.prune.sparsity"
@@ -353,7 +363,13 @@ class TuneSpec:
     channel_ratio: list[float] = _spec(
         [0.0, 0.6], lo=0.0, hi=1.0, hi_open=True, doc="[low, high] of compress.channels.ratio"
     )
-    epochs: list[int] = _spec([1, 4], lo=0, hi=1000, doc="[low, high] of compress.finetune.epochs")
+    epochs: list[int] = _spec(
+        [1, 20],
+        lo=0,
+        hi=1000,
+        doc="[low, high] of compress.finetune.epochs (drawn on a log scale: short trials are "
+        "tried more often)",
+    )
     precisions: list[str] = _spec(
         ["fp32", "int8"], choices=PRECISIONS, doc="candidates of `precision`"
     )
@@ -375,10 +391,11 @@ class TuneSpec:
     samples: int = _spec(
         2000,
         lo=2,
-        doc="images of the tuning split trials are scored on (at most half the eval images): "
-        "seeded, stratified, carved from the hold-out of --data (or --eval-data); the front "
-        "is validated on the other eval images only. Trials train on what `edgepack run` "
-        "trains on",
+        doc="images of the tuning split trials are scored on: seeded, stratified, carved from "
+        "the eval images (hold-out of --data, or --eval-data) that `edgepack run` does not "
+        "validate on (beyond eval.samples); the front and best/ are validated on the ones it "
+        "does. With no more eval images than eval.samples, at most half of them, and the "
+        "front on the others. Trials train on what `edgepack run` trains on",
     )
     seed: int = _spec(0, lo=0, doc="seed of the tuning split and of the sampler")
     sampler: str = _spec(

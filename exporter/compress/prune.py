@@ -210,7 +210,8 @@ def magnitude_masks(
     the lowest-ranked units (blocks or single weights) while the zeroed weights stay within
     round(sparsity * n), so it can fall short by less than one block.
     """
-    if (sparsity is None and threshold is None) or not weights:
+    # Sparsity 0 zeroes nothing: no ranking (a global sort of ResNet-50's 23 M weights is 3 s).
+    if (sparsity is None and threshold is None) or sparsity == 0 or not weights:
         return {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     units = list(_units(weights, layout))
     if threshold is not None:

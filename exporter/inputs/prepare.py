@@ -21,6 +21,7 @@ from exporter.inputs.data import (
     stratified_split,
 )
 from exporter.models import LoadedModel, load_model, load_weights, set_mode
+from exporter.models.eager import as_channels_last, channels_last, images_per_pass
 from exporter.recipe import EvalSpec
 
 
@@ -45,12 +46,20 @@ def split_data(data_spec: str, eval_spec: str | None, ev: EvalSpec) -> tuple[Dat
             f"no --eval-data: stratified hold-out of {ev.holdout:.0%} "
             f"of {data_spec} (seed {ev.seed}); trained on the rest",
         )
-    if len(splits.eval) > ev.samples:
-        rng = np.random.default_rng(ev.seed)
-        idx = np.sort(rng.choice(len(splits.eval), ev.samples, replace=False))
+    idx = eval_sample(len(splits.eval), ev)
+    if idx is not None:
         splits.eval = splits.eval.subset(idx, splits.eval.source)
         splits.eval_note += f"; {ev.samples} images sampled for validation"
     return full, splits
+
+
+def eval_sample(n: int, ev: EvalSpec) -> np.ndarray | None:
+    """The indices of the eval images a run validates on, among ``n``: a seeded sample of
+    eval.samples of them, or None when it validates on all ``n``."""
+    if n <= ev.samples:
+        return None
+    rng = np.random.default_rng(ev.seed)
+    return np.sort(rng.choice(n, ev.samples, replace=False))
 
 
 def match_classes(train: Dataset, evald: Dataset) -> tuple[Dataset, str]:
@@ -115,9 +124,13 @@ def resolve_normalization(
     return Normalization(stats.mean, stats.std, f"{stats.source} ({why})")
 
 
-def build_torch_model(model_spec: str, weights: str | None, ds: Dataset) -> LoadedModel:
+def build_torch_model(
+    model_spec: str, weights: str | None, ds: Dataset, seed: int = 0
+) -> LoadedModel:
+    """The model of ``model_spec`` sized for ``ds``, its initial weights from ``seed`` (then
+    ``weights`` loaded, if given), in eval mode."""
     c, h, w = ds.image_shape
-    loaded = load_model(model_spec, c, (h, w), len(ds.classes))
+    loaded = load_model(model_spec, c, (h, w), len(ds.classes), seed)
     if loaded.module is not None:
         if weights:
             load_weights(loaded.module, weights)
@@ -125,16 +138,13 @@ def build_torch_model(model_spec: str, weights: str | None, ds: Dataset) -> Load
     return loaded
 
 
-# Images per forward pass of the reference logits (the first image goes alone, as the check):
-# up to 512, fewer for large images so that one pass's activations stay in the hundreds of MB.
-REFERENCE_BATCH = 512
-REFERENCE_BATCH_BYTES = 32 << 20
-
-
-def _checked_forward(module: nn.Module, x: np.ndarray, ds: Dataset) -> torch.Tensor:
-    """One forward pass on a batch of ``ds``'s images; the output must be [N, K] logits."""
+def _checked_forward(
+    module: nn.Module, x: np.ndarray, ds: Dataset, fast: bool = False
+) -> torch.Tensor:
+    """One forward pass on a batch of ``ds``'s images (in channels-last memory when ``fast``);
+    the output must be [N, K] logits."""
     try:
-        out = module(torch.from_numpy(x))
+        out = module(as_channels_last(torch.from_numpy(x), fast))
     except Exception as exc:  # the user's model rejected the input
         c, h, w = ds.image_shape
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -163,19 +173,19 @@ def check_model_output(module: nn.Module, ds: Dataset, norm: Normalization) -> i
 def reference_logits(module: nn.Module, ds: Dataset, x: np.ndarray) -> np.ndarray:
     """The original model's float32 logits on ``x`` (``ds``'s images, normalized), each image
     forwarded once: the first image, alone, is also check_model_output's check (same errors),
-    so no image goes through the model twice."""
+    so no image goes through the model twice; the rest in channels-last memory where the
+    model computes the same that way (models.eager)."""
     if not len(x):
         raise DataError(f"{ds.source}: no eval images")
     set_mode(module, training=False)
-    step = max(1, min(REFERENCE_BATCH, REFERENCE_BATCH_BYTES // max(1, x[:1].nbytes)))
-    starts = [0, *range(1, len(x), step)]
-    ends = [*starts[1:], len(x)]
-    return np.concatenate(
-        [
-            _checked_forward(module, x[a:b], ds).float().numpy()
-            for a, b in zip(starts, ends, strict=True)
+    step = images_per_pass(x)
+    first = _checked_forward(module, x[:1], ds)
+    with channels_last(module, torch.from_numpy(x[:1])) as fast:
+        rest = [
+            _checked_forward(module, x[a : a + step], ds, fast).float().numpy()
+            for a in range(1, len(x), step)
         ]
-    )
+    return np.concatenate([first.float().numpy(), *rest])
 
 
 def _training_record(weights: str, full: Dataset) -> Normalization | None:

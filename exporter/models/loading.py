@@ -429,13 +429,17 @@ def select_output(
 
 
 def load_model(
-    spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int
+    spec: str, in_channels: int, image_size: tuple[int, int], num_classes: int, seed: int = 0
 ) -> LoadedModel:
-    """Resolve ``spec``; sizes come from the data so built-ins fit any data set."""
+    """Resolve ``spec``; sizes come from the data so built-ins fit any data set. Built-ins and
+    factories are built with torch's generator seeded by ``seed`` (and restored after): a model
+    without --weights has the same initial weights on every run, so its figures repeat and its
+    export is found in the cache."""
     if spec in BUILTIN:
-        module = BUILTIN[spec](
-            in_channels=in_channels, image_size=image_size, num_classes=num_classes
-        )
+        with _seeded(seed):
+            module = BUILTIN[spec](
+                in_channels=in_channels, image_size=image_size, num_classes=num_classes
+            )
         return LoadedModel(spec, module)
     path = Path(spec)
     if path.suffix == ".onnx":
@@ -453,7 +457,17 @@ def load_model(
             "module:Factory, .pt2, .onnx)"
         )
     factory = _import_factory(spec)
-    return LoadedModel(spec, _call_factory(factory, spec, in_channels, image_size, num_classes))
+    with _seeded(seed):
+        module = _call_factory(factory, spec, in_channels, image_size, num_classes)
+    return LoadedModel(spec, module)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's CPU generator seeded inside, its state restored after."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 # The only globals a plain state_dict pickle names; everything else is refused by name.

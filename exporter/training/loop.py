@@ -18,6 +18,7 @@ from torch import nn
 
 from exporter.common.progress import Progress
 from exporter.errors import EdgepackError
+from exporter.models.eager import as_channels_last, channels_last, images_per_pass
 from exporter.models.loading import set_mode
 
 
@@ -85,44 +86,51 @@ def train(
         model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
     )
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, total))
-    set_mode(model, training=True)
-    history: list[float] = []
-    step = 0
-    task = progress.add_task(label, total=total) if progress else None
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
-        running = 0.0
-        for b in range(per_epoch):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            x, y = x_all[idx], y_all[idx]
-            if cfg.augment:
-                x = _augment(x, gen)
-            if step_hook:
-                step_hook(step, total)
-            loss = F.cross_entropy(model(x), y)
-            if not torch.isfinite(loss):
-                raise _non_finite_loss(label, loss.item(), step, epoch, b, cfg, lr_option)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if after_step:
-                after_step()
-            running += loss.item()
-            step += 1
-            if progress:
-                progress.update(
-                    task,
-                    advance=1,
-                    description=f"{label} epoch {epoch + 1}/{cfg.epochs} "
-                    f"loss {running / (b + 1):.3f}",
-                )
-        history.append(running / per_epoch)
-        observer = EPOCH_OBSERVER.get()
-        if observer is not None:
-            set_mode(model, training=False)
-            observer(epoch, cfg.epochs, model)
-            set_mode(model, training=True)
+    # Channels-last where the model computes the same on it (probed in eval mode, so no
+    # BatchNorm statistic moves, and a training step on a copy): oneDNN trains convolutions
+    # ~1.5-2x faster that way here. Dropout on 4-D activations then draws other masks than on
+    # plain memory: other, equally random, trained weights, the same on every run.
+    set_mode(model, training=False)
+    with channels_last(model, x_all[:1], for_training=True) as fast:
+        set_mode(model, training=True)
+        history: list[float] = []
+        step = 0
+        task = progress.add_task(label, total=total) if progress else None
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen)
+            running = 0.0
+            for b in range(per_epoch):
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                x, y = x_all[idx], y_all[idx]
+                if cfg.augment:
+                    x = _augment(x, gen)
+                x = as_channels_last(x, fast)
+                if step_hook:
+                    step_hook(step, total)
+                loss = F.cross_entropy(model(x), y)
+                if not torch.isfinite(loss):
+                    raise _non_finite_loss(label, loss.item(), step, epoch, b, cfg, lr_option)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                if after_step:
+                    after_step()
+                running += loss.item()
+                step += 1
+                if progress:
+                    progress.update(
+                        task,
+                        advance=1,
+                        description=f"{label} epoch {epoch + 1}/{cfg.epochs} "
+                        f"loss {running / (b + 1):.3f}",
+                    )
+            history.append(running / per_epoch)
+            observer = EPOCH_OBSERVER.get()
+            if observer is not None:
+                set_mode(model, training=False)
+                observer(epoch, cfg.epochs, model)
+                set_mode(model, training=True)
     bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
     if bad:
         what = f"weights {', '.join(bad)} became not finite"
@@ -152,14 +160,19 @@ def _diverged(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, inputs: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Logits for float32 NCHW inputs, in eval mode."""
+def predict(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    """Logits for float32 NCHW inputs, in eval mode (channels-last where the model computes the
+    same that way, a bounded number of images a pass: models.eager)."""
     set_mode(model, training=False)
-    outs = [
-        model(torch.from_numpy(inputs[i : i + batch_size])).float().numpy()
-        for i in range(0, len(inputs), batch_size)
-    ]
-    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+    if not len(inputs):
+        return np.zeros((0, 0), np.float32)
+    step = images_per_pass(inputs)
+    with channels_last(model, torch.from_numpy(inputs[:1])) as fast:
+        outs = [
+            model(as_channels_last(torch.from_numpy(inputs[i : i + step]), fast)).float().numpy()
+            for i in range(0, len(inputs), step)
+        ]
+    return np.concatenate(outs)
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

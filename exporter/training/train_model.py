@@ -97,8 +97,8 @@ def _train_model(opts: TrainOptions, out: Path, record_path: Path) -> TrainResul
         opts.data, opts.eval_data, EvalSpec(samples=10**9, holdout=opts.holdout, seed=opts.seed)
     )
     norm = channel_stats(full)
-    torch.manual_seed(opts.seed)  # the initial weights too: same options, same trained weights
-    module = build_torch_model(opts.model, None, full).module
+    # The initial weights follow --seed too: same options, same trained weights.
+    module = build_torch_model(opts.model, None, full, seed=opts.seed).module
     if module is None:
         raise UntrainableModelError("an ONNX model cannot be trained")
     classes = check_model_output(module, splits.train, norm)

@@ -14,6 +14,8 @@ import torch
 import exporter
 from exporter.inputs.data import Normalization, load_data
 from exporter.models.zoo import SeedCNN
+from exporter.pipeline import tuning_count
+from exporter.recipe import load_recipe
 from runtime_check import check
 from runtime_check.batch import load_batch, normalize
 from runtime_check.evaluate import logits_for
@@ -162,3 +164,27 @@ def test_the_report_shows_what_the_int8_search_spent(counted_run):
     assert cost["sensitivity_passes"] in (1, 2)
     assert len(quant["sensitivity"]) > cost["sensitivity_passes"]
     assert 0 < cost["sensitivity_seconds"] + cost["evaluation_seconds"] <= quant["seconds"]
+
+
+@pytest.mark.parametrize(
+    "gmacs_per_image, images",
+    [(None, 1000), (0.002, 1000), (1.81, 552), (4.09, 250), (40.0, 250)],
+)
+def test_a_large_net_is_tuned_on_fewer_images(gmacs_per_image, images):
+    macs = None if gmacs_per_image is None else int(gmacs_per_image * 1e9)
+    assert tuning_count(load_recipe("x86_64").quantize, macs) == images
+
+
+def test_the_report_says_when_the_mac_budget_cut_the_tuning_images(digits_seed, tmp_path):
+    cut = ("quantize.tuning_gmacs=0.0001", 'export.precisions=["fp32", "int8"]')
+    exporter.run(
+        "seed-cnn",
+        tmp_path / "dist",
+        weights=str(digits_seed),
+        data="digits",
+        overrides=(*DENSE, *cut),
+        quiet=True,
+    )
+    q = json.loads((tmp_path / "dist" / "report.json").read_text())["quantization"]
+    assert q["cost"]["tuning_images"] == 250
+    assert "tuned on 250 training images, not quantize.tuning_samples = 1000" in q["calibration"]

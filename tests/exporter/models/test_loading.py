@@ -182,3 +182,20 @@ def test_select_output_refuses_unknown_names():
         select_output(_Outputs("dict").eval(), (1, 2, 2), "scores")
     with pytest.raises(ModelLoadError, match="--output scores: the model returns a single"):
         select_output(_Outputs("tensor").eval(), (1, 2, 2), "scores")
+
+
+def test_a_model_without_weights_starts_from_the_same_weights_every_run():
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = load_model("mobilenetv2-cifar", 3, (32, 32), 10).module.state_dict()
+    # The caller's generator is left as it was: the seed is for the model alone.
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.manual_seed(7)
+    again = load_model("mobilenetv2-cifar", 3, (32, 32), 10).module.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_seed_chooses_the_initial_weights():
+    zero = load_model("seed-cnn", 3, (32, 32), 10).module.state_dict()
+    one = load_model("seed-cnn", 3, (32, 32), 10, seed=1).module.state_dict()
+    assert not all(torch.equal(zero[k], one[k]) for k in zero)
