@@ -56,7 +56,7 @@ class TuneResult:
 
     @property
     def passed(self) -> bool:
-        return self.report.get("chosen") is not None
+        return self.report.get("chosen") is not None and self.report.get("best_passed") is not False
 
 
 def _absolute(spec: str | None) -> str | None:
@@ -225,6 +225,7 @@ def tune(opts: TuneOptions) -> TuneResult:
     from exporter.tuning import study as st
     from exporter.tuning.objective import Objective, budget_keys, prepare
     from exporter.tuning.progress import ProgressLine
+    from exporter.tuning.space import describe
 
     _check_options(opts)
     start = time.monotonic()
@@ -247,6 +248,7 @@ def tune(opts: TuneOptions) -> TuneResult:
     recipe = load_recipe(opts.target, opts.overrides)
     _check_objective(opts.objective, recipe)
     config = _config(opts)
+    config["search_space"] = describe(recipe.tune, opts.objective, recipe.device.kind)
     out = Path(opts.out)
     existed = _check_out(out, config, recipe.source)
     name = opts.study or DEFAULT_STUDY

@@ -21,7 +21,12 @@ import numpy as np
 import optuna
 
 from exporter.inputs.data import Dataset, stratified_split
-from exporter.inputs.prepare import build_torch_model, resolve_normalization, split_data
+from exporter.inputs.prepare import (
+    build_torch_model,
+    eval_sample,
+    resolve_normalization,
+    split_data,
+)
 from exporter.pipeline import RunOptions, run
 from exporter.recipe import Recipe
 from exporter.training.loop import EPOCH_OBSERVER, accuracy, predict
@@ -64,15 +69,16 @@ def prepare(config: dict, recipe: Recipe, workdir: Path) -> Prepared:
 
     Trials train on the training split `edgepack run` trains on (so a trial's recipe rebuilds
     its artifacts byte for byte) and are scored on a seeded, stratified part of the eval images
-    (the hold-out of --data, or --eval-data); the rest of the eval images validate the front.
+    (the hold-out of --data, or --eval-data) that `edgepack run` does not validate on; the
+    front is validated on the very images `edgepack run` validates on, so best/ and a user's
+    `edgepack run --target best.toml` judge the chosen artifact on the images it was chosen on.
     """
     spec = recipe.tune
-    # Every eval image: the tuning split is carved before eval.samples subsamples anything.
+    # Every eval image: the tuning split is carved out of those eval.samples leaves aside.
     whole = dataclasses.replace(recipe.eval, samples=2**62)
     full, splits = split_data(config["data"], config["eval_data"], whole)
     norm = resolve_normalization(full, config["mean"], config["std"], config["weights"])
-    fraction = min(0.5, spec.samples / len(splits.eval))
-    final, tune = stratified_split(splits.eval, fraction, spec.seed)
+    final, tune, where = _tuning_split(splits.eval, recipe)
     workdir.mkdir(parents=True, exist_ok=True)
     _save(splits.train, workdir / "train.npz")
     _save(tune, workdir / "tune-split.npz")
@@ -88,8 +94,7 @@ def prepare(config: dict, recipe: Recipe, workdir: Path) -> Prepared:
     note = (
         f"trials are scored on {len(tune)} of the {len(splits.eval)} eval images "
         f"({splits.eval_note}; stratified, seed {spec.seed}) and train on the {len(splits.train)} "
-        f"training images `edgepack run` trains on; the front is validated once on the other "
-        f"{len(final)} eval images (at most eval.samples = {recipe.eval.samples} of them)"
+        f"training images `edgepack run` trains on; the front is validated once on {where}"
     )
     return Prepared(
         workdir / "train.npz",
@@ -101,6 +106,40 @@ def prepare(config: dict, recipe: Recipe, workdir: Path) -> Prepared:
         tune.labels,
         reference,
         note,
+    )
+
+
+def _tuning_split(evald: Dataset, recipe: Recipe) -> tuple[Dataset, Dataset, str]:
+    """(front validation images, tuning split, where the front is validated, in words)."""
+    spec, ev = recipe.tune, recipe.eval
+    picked = eval_sample(len(evald), ev)
+    if picked is None:
+        # `edgepack run` validates on every eval image: the tuning split comes out of them.
+        fraction = min(0.5, spec.samples / len(evald))
+        final, tune = stratified_split(evald, fraction, spec.seed)
+        return (
+            final,
+            tune,
+            (
+                f"the other {len(final)} eval images (best/, an `edgepack run` on all "
+                f"{len(evald)}, also sees the tuning split: more eval images than eval.samples = "
+                f"{ev.samples} keep the two apart)"
+            ),
+        )
+    rest = np.ones(len(evald), bool)
+    rest[picked] = False
+    final = evald.subset(picked, evald.source)
+    others = evald.subset(np.flatnonzero(rest), evald.source)
+    tune = others
+    if spec.samples < len(others):
+        _, tune = stratified_split(others, spec.samples / len(others), spec.seed)
+    return (
+        final,
+        tune,
+        (
+            f"the {len(final)} eval images `edgepack run` validates on (eval.samples = "
+            f"{ev.samples}, seed {ev.seed}), which no trial saw; best/ is validated on them too"
+        ),
     )
 
 

@@ -91,9 +91,15 @@ def write_outputs(
     members = validate_front(front, config, prepared, out, name)
     best, why = choose(members)
     best_figures = None
+    best_passed = None
     if best is not None:
         best_report = install_best(out, best, config, quiet=True)
         best_figures = figures_of(best_report, best.tuning.artifact, config["objective"])
+        best_passed = bool(best_report.get("passed"))
+        if not best_passed:
+            # best/ is the user's `edgepack run --target best.toml`: its verdict is the last word.
+            reasons = "; ".join(best_report.get("reasons") or [])[:400]
+            why += f"; but best/ (edgepack run of best.toml) did not pass: {reasons}"
     budgets = {k: v for k, v in dataclasses.asdict(recipe.budgets).items() if v is not None}
     report = TuneReport(
         schema_version=TUNE_SCHEMA_VERSION,
@@ -114,6 +120,7 @@ def write_outputs(
         chosen=best.trial if best else None,
         chosen_note=f"trial {best.trial}: {why}" if best else why,
         best=best_figures,
+        best_passed=best_passed,
         wall_s=round(time.monotonic() - start, 1),
         edgepack_version=__version__,
     )

@@ -72,11 +72,16 @@ class TuneReport:
     chosen: int | None = doc("trial number of best.toml / best/, null when none holds")
     chosen_note: str = doc("why that one")
     best: Figures | None = doc(
-        "the chosen artifact in best/ (`edgepack run --target best.toml`: the usual eval "
-        "images, tuning split included)"
+        "the chosen artifact in best/ (`edgepack run --target best.toml`): on the eval images "
+        "the front was validated on, unless there are no more eval images than eval.samples "
+        "(then on all of them, tuning split included)"
     )
     wall_s: float = doc("wall time of this invocation")
     edgepack_version: str = doc("the edgepack that wrote it")
+    best_passed: bool | None = doc(
+        "best/'s own verdict (its report's `passed`); false makes the study fail (exit 1)",
+        default=None,
+    )
 
 
 def write_tune(report: TuneReport, path: Path) -> None:

@@ -24,7 +24,16 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 CONFIG_ATTR = "edgepack_config"
 # The keys that say what a study tunes: another value in any of them is another study.
-IDENTITY = ("model", "weights", "data", "eval_data", "target", "objective", "overrides")
+IDENTITY = (
+    "model",
+    "weights",
+    "data",
+    "eval_data",
+    "target",
+    "objective",
+    "overrides",
+    "search_space",
+)
 DB_NAME = "study.db"
 
 
@@ -97,8 +106,12 @@ def find_study(storage: optuna.storages.BaseStorage, name: str) -> bool:
 
 def _mismatch(old: dict, new: dict) -> str | None:
     for key in IDENTITY:
-        if old.get(key) != new.get(key):
-            return f"--{key.replace('_', '-')} {old.get(key)!r} (this run: {new.get(key)!r})"
+        if old.get(key) == new.get(key):
+            continue
+        if key == "search_space":
+            before = old.get(key) or "an older edgepack's"
+            return f"the search space {before} (this run: {new.get(key)})"
+        return f"--{key.replace('_', '-')} {old.get(key)!r} (this run: {new.get(key)!r})"
     return None
 
 

@@ -13,6 +13,9 @@ from collections.abc import Callable
 import optuna
 import pytest
 
+from exporter.recipe import load_recipe
+from exporter.tuning import TuneOptions, _config
+from exporter.tuning.space import describe
 from exporter.tuning.study import CONFIG_ATTR
 from tests.helpers import free_port
 from tests.robustness.harness import Call, Ctx, check_case
@@ -61,6 +64,29 @@ def _study_of_another_model(ctx: Ctx) -> Call:
     )
 
 
+def _study_with_another_search_space(ctx: Ctx) -> Call:
+    """The same setup joined with another [tune] section: Optuna cannot mix two distributions
+    of one knob (a linear and a log-scale draw of the epochs), so it is refused up front."""
+    url = f"sqlite:///{ctx.tmp / 'shared.db'}"
+    sets = ("--set", "tune.epochs=[1, 3]")
+    opts = TuneOptions(model="seed-cnn", weights=str(ctx.weights), overrides=(sets[1],))
+    config = {**_config(opts), "search_space": describe(load_recipe("x86_64").tune, "size")}
+    study = optuna.create_study(
+        study_name="seed-x86", storage=url, directions=["maximize", "minimize"]
+    )
+    study.set_user_attr(CONFIG_ATTR, config)
+    return Call(
+        _tune(ctx, "--storage", url, "--study", "seed-x86", *sets),
+        (
+            "tunes another setup",
+            "the search space",
+            '"compress.finetune.epochs": [1, 20, "log"]',
+            '"compress.finetune.epochs": [1, 3, "log"]',
+            "pick another --study",
+        ),
+    )
+
+
 def _instructions_on_a_cpu_target(ctx: Ctx) -> Call:
     return Call(
         _tune(ctx, "--objective", "instructions"),
@@ -84,6 +110,7 @@ CASES: list[tuple[str, Callable[[Ctx], Call]]] = [
     ("tune/search-space-key-that-does-not-exist", _unknown_space_key),
     ("tune/storage-unreachable", _unreachable_storage),
     ("tune/study-of-another-model", _study_of_another_model),
+    ("tune/study-with-another-search-space", _study_with_another_search_space),
     ("tune/instructions-on-a-cpu-target", _instructions_on_a_cpu_target),
     ("tune/precision-knob-on-a-microcontroller", _precision_knob_on_a_microcontroller),
     ("tune/worker-without-a-study", _worker_without_study),

@@ -34,7 +34,8 @@ def test_bad_tune_sections_are_refused_with_the_key(override, message):
 def test_every_drawn_trial_is_a_recipe_and_its_file_loads_to_it(objective, tmp_path):
     recipe = load_recipe("x86_64", ['tune.params=["compress.prune.sparsity", '
                                     '"compress.prune.block", "compress.channels.ratio", '
-                                    '"compress.finetune.epochs", "precision", '
+                                    '"compress.finetune.epochs", "compress.finetune.augment", '
+                                    '"precision", '
                                     '"quantize.method", "export.storage"]'])  # fmt: skip
     study = optuna.create_study(
         directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3)
@@ -52,6 +53,8 @@ def test_every_drawn_trial_is_a_recipe_and_its_file_loads_to_it(objective, tmp_p
         assert 0.5 <= direct.compress.prune.sparsity <= 0.95
         assert direct.compress.prune.block in ([1, 1], [1, 4], [1, 16])
         assert len(direct.export.precisions) == 1
+        assert 1 <= direct.compress.finetune.epochs <= 20
+        assert direct.compress.finetune.augment == trial.params["compress.finetune.augment"]
         quantized = direct.export.precisions == ["int8"]
         assert ("quantize.method" in trial.params) == quantized
         study.tell(trial, [90.0, 1000.0])
@@ -61,5 +64,9 @@ def test_default_knobs_follow_the_objective():
     spec = load_recipe("x86_64").tune
     trial = optuna.create_study(directions=["maximize", "minimize"]).ask()
     keys = {s.split("=")[0] for s in suggest(trial, spec, "latency")}
-    assert keys == {"compress.channels.ratio", "compress.finetune.epochs", "export.precisions"}
+    assert keys == {
+        "compress.channels.ratio",
+        "compress.finetune.epochs",
+        "compress.finetune.augment",
+    }
     assert "compress.prune.sparsity" in DEFAULT_KNOBS["size"]
