@@ -335,7 +335,20 @@ def write_markdown(rows: list[dict], path: Path, command: str, meta: dict) -> No
             f"epoch{'s' * (ft > 1)} after pruning."
         )
         lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + _kept_sections(path))
+
+
+# Sections of RESULTS.md written by other benchmarks (bench/zoo.py, bench/scaling.py,
+# bench/samplers.py): kept.
+KEPT = ("## Zoo", "## Scaling", "## Samplers")
+
+
+def _kept_sections(path: Path) -> str:
+    """The other benchmarks' sections of ``path``, from the first of them to the end."""
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(KEPT)), len(lines))
+    kept = "".join(lines[start:])
+    return "\n" + kept if kept else ""
 
 
 def main() -> None:
