@@ -77,7 +77,7 @@ def _median_at(runs: list[dict], k: int) -> str:
 
 
 def markdown(rows: list[dict], args) -> str:
-    ks = [k for k in (5, 10, 20, 30, 50) if k <= args.trials]
+    ks = sorted({k for k in (5, 10, 20, 30, 50) if k < args.trials} | {args.trials})
     head = ["sampler", *[f"best B after {k}" for k in ks], "feasible trials", "wall s"]
     lines = [
         HEADING,
@@ -120,7 +120,14 @@ def main() -> None:
     p.add_argument("--weights", type=Path, help="trained seed CNN weights (default: digits)")
     p.add_argument("--data", default="digits")
     p.add_argument("--max-drop", type=float, default=1.0)
+    p.add_argument(
+        "--table-only", action="store_true", help="rewrite RESULTS.md from bench/samplers.json"
+    )
     args = p.parse_args()
+    if args.table_only:
+        rows = json.loads((ROOT / "bench" / "samplers.json").read_text())
+        write_section(ROOT / "bench" / "RESULTS.md", markdown(rows, args))
+        return
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgepack-samplers-") as tmp:
         work = Path(tmp)
