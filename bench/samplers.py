@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_md import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 EDGEPACK = [str(Path(sys.executable).with_name("edgepack"))]  # the venv's console script
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -99,19 +101,6 @@ def markdown(rows: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (to the next "## "), or append it."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == HEADING), None)
-    if start is None:
-        path.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samplers", nargs="*", default=list(SAMPLERS), choices=SAMPLERS)
@@ -126,7 +115,7 @@ def main() -> None:
     args = p.parse_args()
     if args.table_only:
         rows = json.loads((ROOT / "bench" / "samplers.json").read_text())
-        write_section(ROOT / "bench" / "RESULTS.md", markdown(rows, args))
+        replace_section(ROOT / "bench" / "RESULTS.md", HEADING, markdown(rows, args))
         return
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgepack-samplers-") as tmp:
@@ -138,7 +127,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]), flush=True)
     (ROOT / "bench" / "samplers.json").write_text(json.dumps(rows, indent=2) + "\n")
     section = markdown(rows, args)
-    write_section(ROOT / "bench" / "RESULTS.md", section)
+    replace_section(ROOT / "bench" / "RESULTS.md", HEADING, section)
     print(section)
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from results_md import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "train.npz"
@@ -249,17 +250,9 @@ def write_results(rows: list[dict], note: str) -> None:
     merged = {r["name"]: r for r in kept if r.get("name") in NETS} | fresh
     rows = [merged[n] for n in NETS if n in merged]
     path.write_text(json.dumps(rows, indent=2) + "\n")
-    md = ROOT / "bench" / "RESULTS.md"
     heading = "## Scaling: `edgepack run` wall time per stage vs model size"
     section = heading + "\n\n" + note + "\n\n" + table(rows) + "\n"
-    lines = md.read_text().splitlines(keepends=True) if md.is_file() else ["# Benchmarks\n"]
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == heading), None)
-    if start is None:  # appended; the sections of other benchmarks are kept
-        md.write_text("".join(lines).rstrip("\n") + "\n\n" + section)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    md.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
+    replace_section(ROOT / "bench" / "RESULTS.md", heading, section)
 
 
 def main() -> None:

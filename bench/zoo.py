@@ -28,6 +28,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+from results_md import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -417,20 +418,8 @@ def markdown(rows: list[dict], runs: list[dict], meta: dict) -> str:
 
 
 def write_section(path: Path, section: str) -> None:
-    """Replace the "## Zoo" section of ``path`` (up to the next "## " heading); a new one goes
-    before the "## Scaling" section, which bench/scaling.py rewrites to the end of the file."""
-    text = path.read_text() if path.is_file() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == "## Zoo"), None)
-    if start is None:
-        at = next((i for i, ln in enumerate(lines) if ln.startswith("## Scaling")), len(lines))
-        head = "".join(lines[:at]).rstrip("\n") + "\n\n"
-        tail = "".join(lines[at:])
-        path.write_text(head + section + ("\n" + tail if tail else ""))
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    tail = "".join(lines[end:])
-    path.write_text("".join(lines[:start]) + section + ("\n" + tail if tail else ""))
+    """Replace the "## Zoo" section of ``path``; a new one goes before the "## Scaling" section."""
+    replace_section(path, "## Zoo", section, before="## Scaling")
 
 
 def main() -> None:
