@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "report": BASE | {"artifacts", "outdir"},
     "targets": BASE | {"artifacts", "outdir", "report"},
     "package": BASE | {"artifacts", "outdir", "tflite", "report"},
-    "docs": BASE | {"tflite", "report"},
+    "docs": BASE | {"tflite", "report", "tuning"},
     "pipeline": BASE
     | {
         "artifacts",

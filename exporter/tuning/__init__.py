@@ -177,7 +177,7 @@ def _spawn_workers(opts: TuneOptions, url: str, name: str) -> list[subprocess.Po
     return procs
 
 
-def _optimize(study, objective, config: dict, timeout_s: float | None, progress) -> None:
+def _optimize(study, objective, config: dict, deadline, progress) -> None:
     import optuna
 
     from exporter.common import interrupt
@@ -191,14 +191,18 @@ def _optimize(study, objective, config: dict, timeout_s: float | None, progress)
     done = len(study.get_trials(deepcopy=False, states=states))
     if done >= config["trials"]:
         return
+    left = deadline.remaining()
+    if left is not None and left <= 0:
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(
         objective,
-        timeout=timeout_s,
+        timeout=left,
         # The checkpoint ends the study after a trial when a Ctrl-C's exception was lost.
         callbacks=[
             optuna.study.MaxTrialsCallback(config["trials"], states=states),
             progress,
+            deadline,
             lambda _study, _trial: interrupt.checkpoint(),
         ],
         # A recipe no model can take (or a diverged fine-tune) fails its trial, not the study.
@@ -223,6 +227,7 @@ def tune(opts: TuneOptions) -> TuneResult:
     """Run (or join, or resume) a study; raises EdgepackError on bad input."""
     from exporter.recipe import load_recipe
     from exporter.tuning import study as st
+    from exporter.tuning.deadline import Deadline
     from exporter.tuning.objective import Objective, budget_keys, prepare
     from exporter.tuning.progress import ProgressLine
     from exporter.tuning.space import describe
@@ -241,8 +246,9 @@ def tune(opts: TuneOptions) -> TuneResult:
         with tempfile.TemporaryDirectory(prefix="edgepack-tune-") as tmp:
             prepared = prepare(config, recipe, Path(tmp))
             progress = ProgressLine(config, recipe, start, opts.quiet)
+            deadline = Deadline(config["timeout_s"], start, recipe.tune.front_max)
             _optimize(study, Objective(config, recipe, prepared, Path(tmp)), config,
-                      config["timeout_s"], progress)  # fmt: skip
+                      deadline, progress)  # fmt: skip
         return TuneResult({}, None)
 
     recipe = load_recipe(opts.target, opts.overrides)
@@ -278,8 +284,9 @@ def tune(opts: TuneOptions) -> TuneResult:
             procs = _spawn_workers(opts, url, name)
             try:
                 progress = ProgressLine(config, recipe, start, opts.quiet)
+                deadline = Deadline(opts.timeout_s, start, recipe.tune.front_max, progress.say)
                 objective = Objective(config, recipe, prepared, Path(tmp))
-                _optimize(study, objective, config, opts.timeout_s, progress)
+                _optimize(study, objective, config, deadline, progress)
                 for p in procs:
                     p.wait()
             finally:
@@ -291,6 +298,15 @@ def tune(opts: TuneOptions) -> TuneResult:
             from exporter.tuning.outputs import write_outputs
 
             report = write_outputs(
-                study, config, recipe, prepared, out, name, url, start, opts.quiet
+                study,
+                config,
+                recipe,
+                prepared,
+                out,
+                name,
+                url,
+                start,
+                opts.quiet,
+                deadline.reason,
             )
     return TuneResult(report, out)

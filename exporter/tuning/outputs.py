@@ -85,6 +85,7 @@ def write_outputs(
     url: str,
     start: float,
     quiet: bool,
+    search_stop: str | None = None,
 ) -> dict:
     trials = study.get_trials(deepcopy=False)
     front = pareto(trials)[: recipe.tune.front_max]
@@ -121,6 +122,7 @@ def write_outputs(
         chosen_note=f"trial {best.trial}: {why}" if best else why,
         best=best_figures,
         best_passed=best_passed,
+        search_stop=search_stop,
         wall_s=round(time.monotonic() - start, 1),
         edgepack_version=__version__,
     )

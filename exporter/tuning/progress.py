@@ -28,6 +28,10 @@ class ProgressLine:
         self.console = stderr_console(quiet)
         self.quiet = quiet
 
+    def say(self, line: str) -> None:
+        if not self.quiet:
+            self.console.print(line, highlight=False)
+
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if self.quiet:
             return

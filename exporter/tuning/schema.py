@@ -82,6 +82,11 @@ class TuneReport:
         "best/'s own verdict (its report's `passed`); false makes the study fail (exit 1)",
         default=None,
     )
+    search_stop: str | None = doc(
+        "why the search ended before --trials and --timeout: the time left was needed to "
+        "rebuild the front and write best/ (--timeout bounds the whole invocation)",
+        default=None,
+    )
 
 
 def write_tune(report: TuneReport, path: Path) -> None:

@@ -11,13 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import jsonschema
 import optuna
 import pytest
 import sqlalchemy
 
+from exporter.common.typed_json import to_json
 from exporter.tuning.schema import read_tune
 from tests.exporter.tune.conftest import TINY
-from tests.helpers import EDGEPACK, invoke
+from tests.helpers import EDGEPACK, ROOT, invoke
 
 
 def _tune_args(weights, out, *extra) -> list:
@@ -48,6 +50,9 @@ def test_tiny_study_front_and_best_toml(digits_seed, tmp_path):
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     report = read_tune(out / "tune.json")
+    written = json.loads((out / "tune.json").read_text())
+    jsonschema.validate(written, json.loads((ROOT / "docs" / "tune.schema.json").read_text()))
+    assert to_json(report) == written  # the dataclasses hold every field written
     assert [t.number for t in report.trials] == [0, 1, 2, 3]
     complete = [t for t in report.trials if t.state == "COMPLETE"]
     infeasible = {t.number for t in complete if not t.feasible}
