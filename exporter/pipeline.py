@@ -274,7 +274,12 @@ def _qat(
     calib_x = images[0]
     model = copy_model(compressed)
     cfg = TrainConfig(
-        epochs=q.qat_epochs, lr=q.qat_lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
+        epochs=q.qat_epochs,
+        lr=q.qat_lr,
+        batch_size=ft.batch_size,
+        seed=ft.seed,
+        augment=ft.augment,
+        samples_per_epoch=ft.samples,
     )
     qat = qat_finetune(
         model, norm.apply(splits.train.images), splits.train.labels, cfg, calib_x, progress=progress

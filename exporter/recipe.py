@@ -266,6 +266,13 @@ class FinetuneSpec:
         doc="random crop + horizontal flip while fine-tuning (natural "
         "images; keep off for digits or text)",
     )
+    samples: int = _spec(
+        0,
+        lo=0,
+        doc="training images one fine-tune (and QAT) epoch draws: a fresh seeded random draw "
+        "of the training split each epoch; 0: all of them. Shortens fine-tuning of large nets "
+        "(an `edgepack tune` trial)",
+    )
 
 
 @dataclass(frozen=True)

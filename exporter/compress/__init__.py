@@ -162,7 +162,12 @@ def _finetune(
             state["masks"].apply()
 
     cfg = TrainConfig(
-        epochs=ft.epochs, lr=ft.lr, batch_size=ft.batch_size, seed=ft.seed, augment=ft.augment
+        epochs=ft.epochs,
+        lr=ft.lr,
+        batch_size=ft.batch_size,
+        seed=ft.seed,
+        augment=ft.augment,
+        samples_per_epoch=ft.samples,
     )
     losses = train(
         model,

@@ -34,6 +34,9 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 5e-4
     augment: bool = False  # random crop (pad 4) + horizontal flip
+    # Images an epoch draws (a fresh seeded draw each epoch, without repeats); 0 or more than
+    # the data: all of them.
+    samples_per_epoch: int = 0
 
 
 #: Called as ``observer(epoch, epochs, model)`` after every epoch of every :func:`train` in
@@ -80,7 +83,8 @@ def train(
     x_all = torch.from_numpy(inputs)
     y_all = torch.from_numpy(labels.astype(np.int64))
     n = len(y_all)
-    per_epoch = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
+    drawn = min(n, cfg.samples_per_epoch) if cfg.samples_per_epoch > 0 else n
+    per_epoch = max(1, (drawn + cfg.batch_size - 1) // cfg.batch_size)
     total = per_epoch * cfg.epochs
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
@@ -97,7 +101,7 @@ def train(
         step = 0
         task = progress.add_task(label, total=total) if progress else None
         for epoch in range(cfg.epochs):
-            order = torch.randperm(n, generator=gen)
+            order = torch.randperm(n, generator=gen)[:drawn]
             running = 0.0
             for b in range(per_epoch):
                 idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
