@@ -353,7 +353,9 @@ class TuneSpec:
         doc="`edgepack tune`: the knobs searched; empty: the objective's defaults (size: "
         "compress.prune.sparsity, compress.prune.block, compress.finetune.epochs, "
         "compress.finetune.augment; latency, instructions and microcontroller targets: "
-        "compress.channels.ratio, compress.finetune.epochs, compress.finetune.augment). "
+        "compress.channels.ratio, compress.finetune.epochs, compress.finetune.augment, "
+        "with compress.prune.sparsity = 0 unless --set names it: zeros do not make dense "
+        "kernels faster). "
         "Without precision and export.storage among them, a trial writes every precision "
         "and storage of the target's recipe and is scored by the best artifact",
     )

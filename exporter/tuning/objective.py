@@ -30,7 +30,7 @@ from exporter.inputs.prepare import (
 from exporter.pipeline import RunOptions, run
 from exporter.recipe import Recipe
 from exporter.training.loop import EPOCH_OBSERVER, accuracy, predict
-from exporter.tuning.space import suggest
+from exporter.tuning.space import fixed_sets, suggest
 from exporter.tuning.study import TuneError
 
 # The figure each objective minimizes, read from a report row.
@@ -230,7 +230,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> tuple[float, float]:
         cfg, spec = self.config, self.recipe.tune
         sets = suggest(trial, spec, cfg["objective"], self.recipe.device.kind)
-        fixed = [f"export.formats={json.dumps(list(spec.formats))}"]
+        fixed = [
+            f"export.formats={json.dumps(list(spec.formats))}",
+            *fixed_sets(spec, cfg["objective"], self.recipe.device.kind, cfg["overrides"]),
+        ]
         trial.set_user_attr("overrides", [*cfg["overrides"], *fixed, *sets])
         trial.set_user_attr("host", self.host)
         out = self.workdir / f"trial-{trial.number:04d}"

@@ -58,6 +58,22 @@ def knobs(spec: TuneSpec, objective: str, device: str = "local") -> tuple[str, .
     return DEFAULT_KNOBS[objective]
 
 
+def fixed_sets(
+    spec: TuneSpec, objective: str, device: str, overrides: list[str] | tuple[str, ...]
+) -> list[str]:
+    """Overrides every trial of the default space carries. Where the objective's knobs leave
+    magnitude pruning out (latency, instructions, microcontrollers), the target recipe's own
+    unstructured sparsity (x86_64 prunes 75 %) would only cost accuracy: dense kernels do the
+    same work on zeros. It is turned off unless the user's --set names it or tune.params is
+    given (then the user chose the space)."""
+    knob = "compress.prune.sparsity"
+    if spec.params or knob in knobs(spec, objective, device):
+        return []
+    if any(o.split("=", 1)[0].strip() == knob for o in overrides):
+        return []
+    return [f"{knob}=0.0"]
+
+
 def _toml(value: object) -> str:
     """A --set value as TOML (strings quoted, lists bracketed)."""
     return json.dumps(value)

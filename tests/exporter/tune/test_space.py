@@ -11,7 +11,7 @@ import pytest
 from exporter.errors import RecipeError
 from exporter.recipe import load_recipe
 from exporter.tuning.front import recipe_toml
-from exporter.tuning.space import DEFAULT_KNOBS, suggest
+from exporter.tuning.space import DEFAULT_KNOBS, fixed_sets, suggest
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,21 @@ def test_default_knobs_follow_the_objective():
         "compress.finetune.augment",
     }
     assert "compress.prune.sparsity" in DEFAULT_KNOBS["size"]
+
+
+def test_latency_trials_turn_off_the_targets_unstructured_pruning_unless_asked():
+    recipe = load_recipe("x86_64")
+    assert recipe.compress.prune.sparsity == 0.75  # what a latency trial must not inherit
+    spec = recipe.tune
+    assert fixed_sets(spec, "latency", "local", []) == ["compress.prune.sparsity=0.0"]
+    assert (
+        load_recipe("x86_64", fixed_sets(spec, "latency", "local", [])).compress.prune.sparsity == 0
+    )
+    assert fixed_sets(spec, "instructions", "qemu", ["eval.samples=500"]) == [
+        "compress.prune.sparsity=0.0"
+    ]
+    # The user's own choice stands, and the size space draws sparsity itself.
+    assert fixed_sets(spec, "latency", "local", ["compress.prune.sparsity=0.5"]) == []
+    assert fixed_sets(spec, "size", "local", []) == []
+    chosen = load_recipe("x86_64", ['tune.params=["compress.channels.ratio"]']).tune
+    assert fixed_sets(chosen, "latency", "local", []) == []
