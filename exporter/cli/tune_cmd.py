@@ -64,8 +64,8 @@ def command(
     instructions, the target's budgets as constraints. Writes tune.json, tune.html, best.toml
     and best/ into --out.
 
-    Exit code 0 when a front trial holds every budget on the eval data, 1 when none does, 2 for
-    bad input.
+    Exit code 0 when a front trial holds every budget on the eval data and best/ passes, 1
+    when not (a --worker: when a trial it ran failed), 2 for bad input.
     """
     from exporter.tuning import TuneOptions, tune
 
@@ -91,6 +91,13 @@ def command(
             quiet=quiet,
         )
     )
+    if worker and result.worker_failures:
+        first = result.worker_failures[0]
+        more = len(result.worker_failures) - 1
+        click.echo(
+            f"edgepack tune --worker: {first}" + (f" (and {more} more failed)" if more else ""),
+            err=True,
+        )
     if worker:
-        ctx.exit(EXIT_OK)
+        ctx.exit(EXIT_OK if result.passed else EXIT_BUDGET_FAILED)
     ctx.exit(EXIT_OK if result.passed else EXIT_BUDGET_FAILED)

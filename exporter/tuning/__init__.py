@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter.errors import EdgepackError
@@ -53,10 +53,23 @@ class TuneOptions:
 class TuneResult:
     report: dict  # tune.json as written (exporter.tuning.schema.TuneReport); {} for a worker
     out: Path | None
+    # A worker: "trial N: reason" for each trial it ran that failed (the study goes on, but
+    # the worker's exit code says its machine could not run them).
+    worker_failures: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
+        if not self.report:
+            return not self.worker_failures
         return self.report.get("chosen") is not None and self.report.get("best_passed") is not False
+
+
+def _failures_of(study, host: str) -> list[str]:
+    import optuna
+
+    mine = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    return [f"trial {t.number}: {t.user_attrs.get('fail_reason', 'no reason recorded')}"
+            for t in mine if t.user_attrs.get("host") == host]  # fmt: skip
 
 
 def _absolute(spec: str | None) -> str | None:
@@ -247,9 +260,9 @@ def tune(opts: TuneOptions) -> TuneResult:
             prepared = prepare(config, recipe, Path(tmp))
             progress = ProgressLine(config, recipe, start, opts.quiet)
             deadline = Deadline(config["timeout_s"], start, recipe.tune.front_max)
-            _optimize(study, Objective(config, recipe, prepared, Path(tmp)), config,
-                      deadline, progress)  # fmt: skip
-        return TuneResult({}, None)
+            objective = Objective(config, recipe, prepared, Path(tmp))
+            _optimize(study, objective, config, deadline, progress)
+        return TuneResult({}, None, _failures_of(study, objective.host))
 
     recipe = load_recipe(opts.target, opts.overrides)
     _check_objective(opts.objective, recipe)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from exporter.errors import EdgepackError
 from exporter.inputs.data import Dataset, stratified_split
 from exporter.inputs.prepare import (
     build_torch_model,
@@ -240,7 +241,33 @@ class Objective:
         token = EPOCH_OBSERVER.set(self._observer(trial))
         start = time.monotonic()
         try:
-            result = run(
+            result = self._run(trial, out, fixed, sets)
+        finally:
+            EPOCH_OBSERVER.reset(token)
+            trial.set_user_attr("wall_s", round(time.monotonic() - start, 2))
+            # Artifacts stay local and are not kept: the front is rebuilt from its recipes.
+            shutil.rmtree(out, ignore_errors=True)
+        row = pick(result.report["artifacts"], cfg["objective"])
+        if row is None:
+            err = TuneError(
+                f"trial {trial.number}: no artifact was validated with a figure to rank"
+            )
+            raise self._failed(trial, err)
+        m = metrics(row, cfg["objective"])
+        trial.set_user_attr("metrics", m)
+        trial.set_user_attr("constraints", budget_constraints(row, budget_keys(self.recipe)))
+        return float(m["accuracy"]), float(m["objective"])
+
+    @staticmethod
+    def _failed(trial: optuna.Trial, err: Exception) -> Exception:
+        """Optuna keeps no reason for a FAIL: the trial records its own (tune.json)."""
+        trial.set_user_attr("fail_reason", str(err)[:500])
+        return err
+
+    def _run(self, trial: optuna.Trial, out: Path, fixed: list[str], sets: list[str]):
+        cfg = self.config
+        try:
+            return run(
                 RunOptions(
                     model=cfg["model"],
                     out=out,
@@ -255,17 +282,5 @@ class Objective:
                     quiet=True,
                 )
             )
-        finally:
-            EPOCH_OBSERVER.reset(token)
-            trial.set_user_attr("wall_s", round(time.monotonic() - start, 2))
-            # Artifacts stay local and are not kept: the front is rebuilt from its recipes.
-            shutil.rmtree(out, ignore_errors=True)
-        row = pick(result.report["artifacts"], cfg["objective"])
-        if row is None:
-            raise TuneError(
-                f"trial {trial.number}: no artifact was validated with a figure to rank"
-            )
-        m = metrics(row, cfg["objective"])
-        trial.set_user_attr("metrics", m)
-        trial.set_user_attr("constraints", budget_constraints(row, budget_keys(self.recipe)))
-        return float(m["accuracy"]), float(m["objective"])
+        except EdgepackError as err:
+            raise self._failed(trial, err) from None

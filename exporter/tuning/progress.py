@@ -47,6 +47,8 @@ class ProgressLine:
             if m and trial.state == optuna.trial.TrialState.COMPLETE
             else trial.state.name.lower()
         )
+        if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("fail_reason"):
+            what += f" ({trial.user_attrs['fail_reason'][:160]})"
         front = pareto(trials)
         best = (
             f"best feasible: {describe(front[0].values[1], objective)} at "

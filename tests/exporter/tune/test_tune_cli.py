@@ -17,6 +17,7 @@ import pytest
 import sqlalchemy
 
 from exporter.common.typed_json import to_json
+from exporter.tuning import TuneResult, _failures_of
 from exporter.tuning.schema import read_tune
 from tests.exporter.tune.conftest import TINY
 from tests.helpers import EDGEPACK, ROOT, invoke
@@ -101,6 +102,24 @@ def test_hopeless_trial_is_pruned_after_its_first_epoch(digits_seed, tmp_path):
     (trial,) = read_tune(out / "tune.json").trials
     assert trial.state == "PRUNED" and trial.first_epoch_drop > 0.5
     assert not (out / "best.toml").exists()
+
+
+def test_a_failed_trial_says_why_and_a_worker_whose_trials_failed_exits_1(digits_seed, tmp_path):
+    out = tmp_path / "study"
+    res = invoke(
+        *_tune_args(digits_seed, out, "--trials", "1", "--set", "tune.epochs=[1, 1]",
+                    "--set", "compress.finetune.lr=1e30")
+    )  # fmt: skip
+    assert res.exit_code == 1, res.output
+    (trial,) = read_tune(out / "tune.json").trials
+    assert trial.state == "FAIL" and "compress.finetune.lr" in trial.fail_reason
+    # The same record read by a worker's own accounting: its host's FAIL trials, with reasons.
+    study = optuna.load_study(study_name="edgepack-tune", storage=f"sqlite:///{out / 'study.db'}")
+    host = study.trials[0].user_attrs["host"]
+    (line,) = _failures_of(study, host)
+    assert line.startswith("trial 0: ") and "compress.finetune.lr" in line
+    assert _failures_of(study, "elsewhere:1") == []
+    assert not TuneResult({}, None, [line]).passed and TuneResult({}, None, []).passed
 
 
 def _finished(db) -> list[optuna.trial.FrozenTrial]:
