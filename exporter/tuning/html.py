@@ -108,7 +108,7 @@ def _trials_table(report: TuneReport) -> str:
         f = t.tuning
         cells = [
             cell(t.number),
-            cell(t.state),
+            cell(f"{t.state}: {t.fail_reason[:120]}" if t.fail_reason else t.state),
             cell("yes" if t.feasible else ("no" if t.feasible is False else "–")),
             cell(describe(f.objective if f else None, report.objective), num=True),
             cell(f"{f.accuracy:.2f}" if f and f.accuracy is not None else "–", num=True),
@@ -133,6 +133,7 @@ def render_tune_html(report: TuneReport) -> str:
                 ("budgets", ", ".join(f"{k} {v}" for k, v in report.budgets.items())),
                 ("chosen", report.chosen_note),
                 ("wall time", f"{report.wall_s:.0f} s"),
+                *([("search stopped", report.search_stop)] if report.search_stop else []),
             ]
         ),
         f"<p>Honest selection: {esc(report.tuning_split)}. The eval columns below are those "
