@@ -273,14 +273,7 @@ def _qat(
     images = _quantization_images(recipe, splits, norm, macs)
     calib_x = images[0]
     model = copy_model(compressed)
-    cfg = TrainConfig(
-        epochs=q.qat_epochs,
-        lr=q.qat_lr,
-        batch_size=ft.batch_size,
-        seed=ft.seed,
-        augment=ft.augment,
-        samples_per_epoch=ft.samples,
-    )
+    cfg = TrainConfig.finetuning(ft, q.qat_epochs, q.qat_lr)
     qat = qat_finetune(
         model, norm.apply(splits.train.images), splits.train.labels, cfg, calib_x, progress=progress
     )

@@ -161,14 +161,7 @@ def _finetune(
         if state["masks"] is not None:
             state["masks"].apply()
 
-    cfg = TrainConfig(
-        epochs=ft.epochs,
-        lr=ft.lr,
-        batch_size=ft.batch_size,
-        seed=ft.seed,
-        augment=ft.augment,
-        samples_per_epoch=ft.samples,
-    )
+    cfg = TrainConfig.finetuning(ft, ft.epochs, ft.lr)
     losses = train(
         model,
         train_inputs,

@@ -20,6 +20,7 @@ from exporter.common.progress import Progress
 from exporter.errors import EdgepackError
 from exporter.models.eager import as_channels_last, channels_last, images_per_pass
 from exporter.models.loading import set_mode
+from exporter.recipe import FinetuneSpec
 
 
 class TrainingDivergedError(EdgepackError):
@@ -37,6 +38,13 @@ class TrainConfig:
     # Images an epoch draws (a fresh seeded draw each epoch, without repeats); 0 or more than
     # the data: all of them.
     samples_per_epoch: int = 0
+
+    @classmethod
+    def finetuning(cls, ft: FinetuneSpec, epochs: int, lr: float) -> TrainConfig:
+        """A recipe's [compress.finetune] batch, seed, augmentation and per-epoch draw, with
+        the epochs and rate of the pass that uses them (fine-tuning or QAT)."""
+        return cls(epochs=epochs, lr=lr, batch_size=ft.batch_size, seed=ft.seed,
+                   augment=ft.augment, samples_per_epoch=ft.samples)  # fmt: skip
 
 
 #: Called as ``observer(epoch, epochs, model)`` after every epoch of every :func:`train` in
