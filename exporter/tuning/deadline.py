@@ -23,10 +23,11 @@ def finishing_s(trials: list[optuna.trial.FrozenTrial], front_max: int) -> float
 
 
 def next_trial_s(trials: list[optuna.trial.FrozenTrial]) -> float:
-    """A trial's likely cost: the median of the finished ones (pruned ones included: the next
-    may be pruned too)."""
+    """A trial's likely cost: the median of the finished ones that ran (pruned ones included:
+    the next may be pruned too; repeats of an earlier recipe cost nothing and say nothing)."""
     walls = [float(t.user_attrs["wall_s"]) for t in trials
-             if t.state.is_finished() and t.user_attrs.get("wall_s") is not None]  # fmt: skip
+             if t.state.is_finished() and t.user_attrs.get("wall_s") is not None
+             and "repeat_of" not in t.user_attrs]  # fmt: skip
     return statistics.median(walls) if walls else 0.0
 
 

@@ -192,6 +192,30 @@ def metrics(row: dict, objective: str) -> dict:
     }
 
 
+def _same_recipe(trial: optuna.Trial, overrides: list[str]) -> optuna.trial.FrozenTrial | None:
+    """A finished trial of the same recipe: samplers propose a point again (TPE did, five times
+    in 45 trials of a MobileNetV2 study), and a trial is deterministic (seeded data, training
+    and calibration), so its outcome is known without running it."""
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    for t in trial.study.get_trials(deepcopy=False, states=done):
+        if t.user_attrs.get("overrides") == overrides and "repeat_of" not in t.user_attrs:
+            return t
+    return None
+
+
+def _repeat(trial: optuna.Trial, earlier: optuna.trial.FrozenTrial) -> tuple[float, float]:
+    """This trial's outcome is ``earlier``'s: recorded as a repeat, at no cost (the front
+    keeps one of equal figures)."""
+    trial.set_user_attr("repeat_of", earlier.number)
+    trial.set_user_attr("wall_s", 0.0)
+    for key in ("metrics", "constraints", "first_epoch_drop"):
+        if key in earlier.user_attrs:
+            trial.set_user_attr(key, earlier.user_attrs[key])
+    if earlier.state == optuna.trial.TrialState.PRUNED:
+        raise optuna.TrialPruned(f"the recipe of trial {earlier.number}, pruned")
+    return float(earlier.values[0]), float(earlier.values[1])
+
+
 class Objective:
     """The function Optuna calls: one trial, one pipeline run in a scratch directory."""
 
@@ -235,8 +259,12 @@ class Objective:
             f"export.formats={json.dumps(list(spec.formats))}",
             *fixed_sets(spec, cfg["objective"], self.recipe.device.kind, cfg["overrides"]),
         ]
-        trial.set_user_attr("overrides", [*cfg["overrides"], *fixed, *sets])
+        overrides = [*cfg["overrides"], *fixed, *sets]
+        trial.set_user_attr("overrides", overrides)
         trial.set_user_attr("host", self.host)
+        earlier = _same_recipe(trial, overrides)
+        if earlier is not None:
+            return _repeat(trial, earlier)
         out = self.workdir / f"trial-{trial.number:04d}"
         token = EPOCH_OBSERVER.set(self._observer(trial))
         start = time.monotonic()

@@ -51,6 +51,7 @@ def trial_record(t: optuna.trial.FrozenTrial) -> TrialRecord:
         constraints=list(t.user_attrs.get("constraints", [])),
         first_epoch_drop=t.user_attrs.get("first_epoch_drop"),
         retry_of=optuna.storages.RetryFailedTrialCallback.retried_trial_number(t),
+        repeat_of=t.user_attrs.get("repeat_of"),
         fail_reason=t.user_attrs.get("fail_reason"),
     )
 

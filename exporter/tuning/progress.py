@@ -47,6 +47,8 @@ class ProgressLine:
             if m and trial.state == optuna.trial.TrialState.COMPLETE
             else trial.state.name.lower()
         )
+        if "repeat_of" in trial.user_attrs:
+            what += f" (the recipe of trial {trial.user_attrs['repeat_of']}: not run again)"
         if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("fail_reason"):
             what += f" ({trial.user_attrs['fail_reason'][:160]})"
         front = pareto(trials)

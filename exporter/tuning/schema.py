@@ -40,6 +40,10 @@ class TrialRecord:
     constraints: list[float] = doc("Optuna constraint values, one per budget (<= 0 holds)")
     first_epoch_drop: float | None = doc("tuning drop after the first fine-tune epoch")
     retry_of: int | None = doc("a retried trial: the number of the trial that failed")
+    repeat_of: int | None = doc(
+        "the sampler proposed an earlier trial's recipe again: that trial's figures, not re-run",
+        default=None,
+    )
     fail_reason: str | None = doc(
         "a FAIL trial's error, as its process saw it (null for one whose process died)",
         default=None,

@@ -10,7 +10,7 @@ import time
 import optuna
 import pytest
 
-from exporter.tuning.deadline import Deadline, finishing_s
+from exporter.tuning.deadline import Deadline, finishing_s, next_trial_s
 
 
 def _study(walls: list[float], values: list[tuple[float, float]], deadline: Deadline):
@@ -67,3 +67,16 @@ def test_without_timeout_nothing_is_reserved():
     deadline = Deadline(None, time.monotonic(), front_max=6)
     study = _study([1e6] * 3, [(90.0, 1000.0)] * 3, deadline)
     assert len(study.trials) == 3 and deadline.reason is None
+
+
+def test_repeats_of_an_earlier_recipe_do_not_lower_the_next_trial_estimate():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        if trial.number:
+            trial.set_user_attr("repeat_of", 0)
+        trial.set_user_attr("wall_s", 0.0 if trial.number else 100.0)
+        return 90.0, 1000.0
+
+    study.optimize(objective, n_trials=4)
+    assert next_trial_s(study.trials) == pytest.approx(100.0)

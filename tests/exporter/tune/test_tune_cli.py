@@ -122,6 +122,22 @@ def test_a_failed_trial_says_why_and_a_worker_whose_trials_failed_exits_1(digits
     assert not TuneResult({}, None, [line]).passed and TuneResult({}, None, []).passed
 
 
+def test_a_recipe_proposed_again_is_not_run_again(digits_seed, tmp_path):
+    out = tmp_path / "study"
+    # One point in the space: every trial after the first is the same recipe.
+    res = invoke(
+        *_tune_args(digits_seed, out, "--trials", "3", "--set",
+                    'tune.params=["compress.prune.sparsity"]', "--set", "tune.sparsity=[0.5, 0.5]",
+                    "--set", "compress.finetune.epochs=1")
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    first, *again = read_tune(out / "tune.json").trials
+    assert first.repeat_of is None and first.wall_s > 1.0
+    assert [t.repeat_of for t in again] == [0, 0]
+    assert all(t.tuning == first.tuning and t.overrides == first.overrides for t in again)
+    assert all(t.wall_s == 0.0 for t in again)
+
+
 def _finished(db) -> list[optuna.trial.FrozenTrial]:
     try:
         study = optuna.load_study(study_name="edgepack-tune", storage=f"sqlite:///{db}")
